@@ -1,0 +1,82 @@
+//! The seed-compatible server: `self.reply` and `broadcast`, configured
+//! only from `WS_*` environment variables.
+//!
+//! ```text
+//! cargo run -p nbio-ws-examples --bin server
+//! wscat -c ws://127.0.0.1:8080/ws
+//! > {"jsonrpc":"2.0","method":"self.reply","params":{"text":"hi"},"id":1}
+//! < {"jsonrpc":"2.0","result":{"echo":"hi","text_length":2},"id":1}
+//! ```
+
+use nbio_ws::{rpc_method, Hub, Params, RpcError, Server};
+use serde::{Deserialize, Serialize};
+
+/// Params of both methods.
+#[derive(Deserialize)]
+struct TextParams {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Reply {
+    echo: String,
+    text_length: usize,
+}
+
+#[derive(Serialize)]
+struct Broadcasted {
+    status: &'static str,
+    text_length: usize,
+}
+
+#[derive(Serialize)]
+struct BroadcastNotification<'a> {
+    text: &'a str,
+}
+
+/// Echoes the text back to the caller only.
+#[rpc_method("self.reply")]
+fn self_reply(Params(p): Params<TextParams>) -> Reply {
+    Reply {
+        text_length: p.text.len(),
+        echo: p.text,
+    }
+}
+
+/// Sends the text to every connected client, the caller included.
+#[rpc_method("broadcast")]
+fn broadcast(hub: Hub, Params(p): Params<TextParams>) -> Result<Broadcasted, RpcError> {
+    hub.broadcast("broadcast", &BroadcastNotification { text: &p.text })
+        .map_err(RpcError::internal)?;
+    Ok(Broadcasted {
+        status: "broadcasted",
+        text_length: p.text.len(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match nbio_ws::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    nbio_ws::init_logging(&config);
+    let server = match Server::builder().config(config).build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tracing::info!(methods = ?server.method_names(), "nbio-ws example server");
+    match server.serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

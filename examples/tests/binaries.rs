@@ -1,0 +1,223 @@
+//! The example binaries, run as a user would run them: configured from
+//! the environment, talked to with a real WebSocket client, stopped with
+//! SIGTERM.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_http(port: u16, path: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            let (status, _) = get(port, path).await;
+            if status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server on port {port} did not come up");
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn next_text(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn seed_server_wire_format_and_sigterm() {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .env("WS_PORT", port.to_string())
+        .env("WS_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    wait_http(port, "/health").await;
+
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut a, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut b, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+
+    a.send(Message::text(
+        r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"Reply only to me!"},"id":2}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_text(&mut a).await,
+        r#"{"jsonrpc":"2.0","result":{"echo":"Reply only to me!","text_length":17},"id":2}"#
+    );
+
+    a.send(Message::text(r#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"Message to everyone! ✓"},"id":1}"#))
+        .await
+        .unwrap();
+    let note =
+        r#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"Message to everyone! ✓"}}"#;
+    let result = r#"{"jsonrpc":"2.0","result":{"status":"broadcasted","text_length":24},"id":1}"#;
+    let mut got = vec![next_text(&mut a).await, next_text(&mut a).await];
+    got.sort();
+    let mut want = vec![note.to_string(), result.to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(next_text(&mut b).await, note);
+
+    let (status, body) = get(port, "/health").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"connected_clients\":2"), "{body}");
+
+    // SIGTERM: clients get 1001, the process exits 0.
+    let pid = proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), a.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 1001);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    drop(a);
+    drop(b);
+    let status = tokio::task::spawn_blocking(move || proc.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn bad_variables_stop_startup_with_a_message_naming_them() {
+    for (var, value) in [
+        ("WS_PORT", "eighty"),
+        ("WS_PING_INTERVAL", "often"),
+        ("WS_LOG_FORMAT", "xml"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_server"))
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.contains(value), "{var}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn echo_example_on_root_path() {
+    let port = free_port();
+    let _proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_echo"))
+            .env("WS_PORT", port.to_string())
+            .env("WS_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    wait_http(port, "/health").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    ws.send(Message::text("not json at all")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "not json at all");
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Message::Binary(b) => assert_eq!(&b[..], &[1, 2, 3]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn embed_example_serves_axum_routes_and_the_endpoint() {
+    let port = free_port();
+    let _proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_embed"))
+            .env("PORT", port.to_string())
+            .env("WS_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    wait_http(port, "/").await;
+    let (status, body) = get(port, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("ordinary axum route"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#,
+    ))
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert!(v["result"].as_str().unwrap().parse::<u64>().is_ok(), "{v}");
+    let (_, clients) = get(port, "/clients").await;
+    assert_eq!(clients.trim(), "1");
+}

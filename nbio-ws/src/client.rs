@@ -1,0 +1,363 @@
+//! [`Client`]: the handle to one connected WebSocket client.
+//!
+//! A `Client` is cheap to clone (an `Arc`) and can be kept anywhere: in a
+//! handler, in application state, in another task. Sending never blocks:
+//! messages go into the client's bounded outbound queue, drained by the
+//! connection's writer task. When the queue is full the client is too slow
+//! to keep up; it is disconnected with close code 1008 and counted in the
+//! `nbio_ws_slow_consumer_disconnects_total` metric, so one slow reader can
+//! never hold up a broadcast or grow the server's memory.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+
+use crate::jsonrpc;
+use crate::metrics::Metrics;
+
+/// The identifier of a connected client, unique within one server
+/// instance and, with a broker, across instances (it embeds nothing
+/// secret).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a message could not be queued for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The connection is closed or closing.
+    #[error("the client is disconnected")]
+    Closed,
+    /// The outbound queue was full; the client has been disconnected (1008).
+    #[error("the client's outbound queue is full; it was disconnected as a slow consumer")]
+    Full,
+    /// No client with that id is connected.
+    #[error("no client with id {0} is connected")]
+    NotFound(ClientId),
+    /// The params could not be serialized.
+    #[error("cannot serialize the message: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// A message queued for the writer task.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+/// A close request for the writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+    /// Whether queued messages are written before the close frame.
+    pub drain: bool,
+}
+
+pub(crate) struct ClientInner {
+    id: ClientId,
+    remote: SocketAddr,
+    identity: Option<Arc<str>>,
+    tx: mpsc::Sender<Outbound>,
+    closing: AtomicBool,
+    close_request: Mutex<Option<CloseRequest>>,
+    pub(crate) close_notify: Notify,
+    /// Fired for closes that must not wait (slow consumers): interrupts a
+    /// write that the peer is not reading.
+    pub(crate) abort_notify: Notify,
+    extensions: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    connected_at: Instant,
+    /// Milliseconds since `connected_at` when the peer was last heard from.
+    pub(crate) last_seen_ms: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// A connected client, as handlers and hooks see it.
+///
+/// ```
+/// use nbio_ws::{rpc_method, Client, RpcError};
+///
+/// #[rpc_method("whoami")]
+/// fn whoami(client: Client) -> String {
+///     format!("client {} from {}", client.id(), client.remote_addr())
+/// }
+///
+/// #[rpc_method("nudge")]
+/// fn nudge(client: Client) -> Result<(), RpcError> {
+///     client
+///         .notify("nudged", &serde_json::json!({"by": "server"}))
+///         .map_err(|e| RpcError::internal(e))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Client(pub(crate) Arc<ClientInner>);
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.0.id)
+            .field("remote", &self.0.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        id: ClientId,
+        remote: SocketAddr,
+        identity: Option<Arc<str>>,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Client, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let inner = ClientInner {
+            id,
+            remote,
+            identity,
+            tx,
+            closing: AtomicBool::new(false),
+            close_request: Mutex::new(None),
+            close_notify: Notify::new(),
+            abort_notify: Notify::new(),
+            extensions: Mutex::new(HashMap::new()),
+            connected_at: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            metrics,
+        };
+        (Client(Arc::new(inner)), rx)
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> ClientId {
+        self.0.id
+    }
+
+    /// The peer's address (the TCP peer, or the forwarded address when the
+    /// server trusts a proxy).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    /// The identity the authenticator gave this client, if any.
+    pub fn identity(&self) -> Option<&str> {
+        self.0.identity.as_deref()
+    }
+
+    /// When the connection was established.
+    pub fn connected_at(&self) -> Instant {
+        self.0.connected_at
+    }
+
+    /// Whether the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.0.closing.load(Ordering::Acquire) || self.0.tx.is_closed()
+    }
+
+    /// Sends a JSON-RPC notification to this client.
+    pub fn notify<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> Result<(), SendError> {
+        let bytes = jsonrpc::encode_notification(method, params)?;
+        self.send_text(bytes)
+    }
+
+    /// Queues an already encoded text message (it must be valid UTF-8; a
+    /// JSON-RPC server sends JSON). Never blocks.
+    pub fn send_text(&self, text: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send(Outbound::Text(text.into()))
+    }
+
+    /// Queues a binary message (raw mode). Never blocks.
+    pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send(Outbound::Binary(data.into()))
+    }
+
+    pub(crate) fn send(&self, msg: Outbound) -> Result<(), SendError> {
+        if self.0.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        match self.0.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.request_close(1008, "outbound queue full (slow consumer)", false) {
+                    self.0.metrics.slow_consumer();
+                    tracing::warn!(client = %self.0.id, "slow consumer disconnected (1008)");
+                }
+                Err(SendError::Full)
+            }
+        }
+    }
+
+    /// Starts the close handshake with the given code and reason. Messages
+    /// already queued are written first. Further sends fail with
+    /// [`SendError::Closed`].
+    ///
+    /// The reason is cut to fit a control frame (123 bytes).
+    pub fn close(&self, code: u16, reason: &str) {
+        self.request_close(code, reason, true);
+    }
+
+    /// Returns whether this call initiated the close.
+    pub(crate) fn request_close(&self, code: u16, reason: &str, drain: bool) -> bool {
+        if self.0.closing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let reason = truncate_utf8(reason, 123).to_owned();
+        if let Ok(mut slot) = self.0.close_request.lock() {
+            *slot = Some(CloseRequest {
+                code,
+                reason,
+                drain,
+            });
+        }
+        self.0.close_notify.notify_one();
+        if !drain {
+            self.0.abort_notify.notify_one();
+        }
+        true
+    }
+
+    pub(crate) fn take_close_request(&self) -> Option<CloseRequest> {
+        self.0.close_request.lock().ok().and_then(|mut s| s.take())
+    }
+
+    pub(crate) fn mark_closing(&self) {
+        self.0.closing.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.0.connected_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn silent_for(&self) -> std::time::Duration {
+        let last = self.0.last_seen_ms.load(Ordering::Relaxed);
+        self.0
+            .connected_at
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
+    /// Stores a typed value on this connection (one per type), replacing
+    /// and returning any previous one.
+    ///
+    /// ```
+    /// # fn demo(client: nbio_ws::Client) {
+    /// #[derive(Clone)]
+    /// struct Nick(String);
+    /// client.insert_extension(Nick("ada".into()));
+    /// assert_eq!(client.extension::<Nick>().unwrap().0, "ada");
+    /// # }
+    /// ```
+    pub fn insert_extension<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
+    /// A clone of the stored value of type `T`, if any.
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        let map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// Removes and returns the stored value of type `T`, if any.
+    pub fn remove_extension<T: Send + Sync + 'static>(&self) -> Option<T> {
+        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
+    /// Runs `f` with mutable access to the stored value of type `T`,
+    /// inserting `T::default()` first if there is none.
+    pub fn with_extension<T, R>(&self, f: impl FnOnce(&mut T) -> R) -> R
+    where
+        T: Default + Send + Sync + 'static,
+    {
+        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()));
+        match entry.downcast_mut::<T>() {
+            Some(v) => f(v),
+            None => unreachable!("extensions are keyed by their TypeId"),
+        }
+    }
+}
+
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(queue: usize) -> (Client, mpsc::Receiver<Outbound>) {
+        Client::new(
+            ClientId(1),
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            queue,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn full_queue_disconnects_once() {
+        let (c, _rx) = client(2);
+        c.send_text("a").unwrap();
+        c.send_text("b").unwrap();
+        assert!(matches!(c.send_text("c"), Err(SendError::Full)));
+        assert!(c.is_closed());
+        let req = c.take_close_request().unwrap();
+        assert_eq!(req.code, 1008);
+        assert!(!req.drain);
+        assert!(matches!(c.send_text("d"), Err(SendError::Closed)));
+        assert_eq!(c.0.metrics.slow_consumer_disconnects(), 1);
+    }
+
+    #[test]
+    fn extensions_are_typed() {
+        let (c, _rx) = client(1);
+        assert_eq!(c.extension::<u32>(), None);
+        c.insert_extension(5u32);
+        c.with_extension::<u32, _>(|v| *v += 1);
+        assert_eq!(c.extension::<u32>(), Some(6));
+        assert_eq!(c.remove_extension::<u32>(), Some(6));
+        assert_eq!(c.extension::<u32>(), None);
+    }
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let s = "é".repeat(100);
+        let t = truncate_utf8(&s, 123);
+        assert!(t.len() <= 123);
+        assert!(t.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,394 @@
+//! [`Config`]: server settings, and [`Config::from_env`] for the `WS_*`
+//! environment variables (the same names as the Go server nbio-ws grew
+//! from, so its deployments move over unchanged).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WS_HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` for all interfaces) |
+//! | `WS_PORT` | `8080` | TCP port |
+//! | `WS_PATH` | `/ws` | path of the WebSocket endpoint |
+//! | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages |
+//! | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
+//! | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
+//! | `WS_MAX_MESSAGE_SIZE` | `1048576` | largest message accepted, in bytes (after reassembly) |
+//! | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for queues to drain |
+//! | `WS_LOG_LEVEL` | `info` | `trace`, `debug`, `info`, `warn`, `error`, or a `tracing` filter |
+//! | `WS_LOG_FORMAT` | `text` | `text` or `json` |
+//!
+//! Durations are written `500ms`, `10s`, `1m`, `1h` (a bare number is
+//! seconds). Sizes accept a plain byte count or a `KiB`/`MiB` suffix.
+//! Booleans are `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. An invalid
+//! value stops startup with an error that names the variable and the value.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration value that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+/// Server settings. Build one with [`Config::default`] and change fields,
+/// or read the `WS_*` variables with [`Config::from_env`].
+///
+/// ```
+/// let cfg = nbio_ws::Config::from_lookup(|k| match k {
+///     "WS_PORT" => Some("9000".into()),
+///     "WS_PING_INTERVAL" => Some("5s".into()),
+///     _ => None,
+/// })
+/// .unwrap();
+/// assert_eq!(cfg.port, 9000);
+/// assert_eq!(cfg.ping_interval, std::time::Duration::from_secs(5));
+///
+/// let err = nbio_ws::Config::from_lookup(|k| (k == "WS_PORT").then(|| "eighty".into())).unwrap_err();
+/// assert_eq!(err.to_string(), r#"invalid WS_PORT="eighty": expected a port number (0-65535)"#);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on.
+    pub host: String,
+    /// TCP port (0 picks a free one).
+    pub port: u16,
+    /// Path of the WebSocket endpoint.
+    pub path: String,
+    /// Outbound queue capacity per client, in messages.
+    pub send_buffer: usize,
+    /// Interval between server pings.
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed.
+    pub pong_timeout: Duration,
+    /// Largest accepted message, in bytes, after fragments are reassembled.
+    pub max_message_size: usize,
+    /// How long graceful shutdown waits for queued messages to be written.
+    pub shutdown_timeout: Duration,
+    /// Log filter (`info`, `debug`, or a full `tracing` filter).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            path: "/ws".into(),
+            send_buffer: 256,
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(60),
+            max_message_size: 1 << 20,
+            shutdown_timeout: Duration::from_secs(10),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the `WS_*` environment variables over the defaults.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env::new(&lookup);
+        let d = Config::default();
+        let cfg = Config {
+            host: env.string("WS_HOST")?.unwrap_or(d.host),
+            port: env
+                .parse("WS_PORT", "a port number (0-65535)", |v| v.parse().ok())?
+                .unwrap_or(d.port),
+            path: match env.string("WS_PATH")? {
+                Some(p) if !p.starts_with('/') => {
+                    return Err(env.invalid("WS_PATH", &p, "a path starting with '/'"))
+                }
+                Some(p) => p,
+                None => d.path,
+            },
+            send_buffer: env
+                .parse("WS_SEND_BUFFER", "a positive number of messages", |v| {
+                    v.parse().ok().filter(|n| *n > 0)
+                })?
+                .unwrap_or(d.send_buffer),
+            ping_interval: env
+                .duration_nonzero("WS_PING_INTERVAL")?
+                .unwrap_or(d.ping_interval),
+            pong_timeout: env
+                .duration_nonzero("WS_PONG_TIMEOUT")?
+                .unwrap_or(d.pong_timeout),
+            max_message_size: env
+                .parse(
+                    "WS_MAX_MESSAGE_SIZE",
+                    "a positive size in bytes (e.g. 1048576 or 1MiB)",
+                    |v| parse_size(v).filter(|n| *n > 0),
+                )?
+                .unwrap_or(d.max_message_size),
+            shutdown_timeout: env
+                .parse(
+                    "WS_SHUTDOWN_TIMEOUT",
+                    "a duration such as 500ms, 10s or 1m",
+                    parse_duration,
+                )?
+                .unwrap_or(d.shutdown_timeout),
+            log_level: match env.string("WS_LOG_LEVEL")? {
+                Some(l) => {
+                    if tracing_subscriber::EnvFilter::try_new(&l).is_err() {
+                        return Err(env.invalid(
+                            "WS_LOG_LEVEL",
+                            &l,
+                            "trace, debug, info, warn, error or a tracing filter",
+                        ));
+                    }
+                    l
+                }
+                None => d.log_level,
+            },
+            log_format: env
+                .parse("WS_LOG_FORMAT", "text or json", |v| {
+                    match v.to_ascii_lowercase().as_str() {
+                        "text" | "pretty" | "plain" => Some(LogFormat::Text),
+                        "json" => Some(LogFormat::Json),
+                        _ => None,
+                    }
+                })?
+                .unwrap_or(d.log_format),
+        };
+        Ok(cfg)
+    }
+
+    /// The `host:port` to bind.
+    pub fn bind_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Reads variables, treating empty values as unset.
+pub(crate) struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    cache: std::cell::RefCell<HashMap<&'static str, Option<String>>>,
+}
+
+impl<'a> Env<'a> {
+    pub(crate) fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Env {
+            lookup,
+            cache: Default::default(),
+        }
+    }
+
+    pub(crate) fn string(&self, var: &'static str) -> Result<Option<String>, ConfigError> {
+        let mut cache = self.cache.borrow_mut();
+        let v = cache.entry(var).or_insert_with(|| {
+            (self.lookup)(var)
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        });
+        Ok(v.clone())
+    }
+
+    pub(crate) fn invalid(&self, var: &'static str, value: &str, expected: &str) -> ConfigError {
+        ConfigError {
+            var,
+            value: value.to_owned(),
+            reason: format!("expected {expected}"),
+        }
+    }
+
+    pub(crate) fn parse<T>(
+        &self,
+        var: &'static str,
+        expected: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.string(var)? {
+            None => Ok(None),
+            Some(v) => f(&v)
+                .map(Some)
+                .ok_or_else(|| self.invalid(var, &v, expected)),
+        }
+    }
+
+    pub(crate) fn duration_nonzero(
+        &self,
+        var: &'static str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        self.parse(var, "a positive duration such as 500ms, 10s or 1m", |v| {
+            parse_duration(v).filter(|d| !d.is_zero())
+        })
+    }
+
+    #[allow(dead_code)] // used by optional subsystems
+    pub(crate) fn boolean(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
+        self.parse(var, "true or false", parse_bool)
+    }
+}
+
+/// Parses `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a duration: `250ms`, `10s`, `1m`, `2h`, `1m30s`, or a bare
+/// number of seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use nbio_ws::config::parse_duration;
+/// assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+/// assert_eq!(parse_duration("ten"), None);
+/// ```
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return None,
+        };
+        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
+    }
+    Some(total)
+}
+
+/// Parses a size: a byte count, or a number with `KiB`, `MiB`, `KB`, `MB`.
+pub fn parse_size(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v
+        .strip_suffix("KiB")
+        .or_else(|| v.strip_suffix("KB"))
+        .or_else(|| v.strip_suffix("K"))
+    {
+        (n, 1024)
+    } else if let Some(n) = v
+        .strip_suffix("MiB")
+        .or_else(|| v.strip_suffix("MB"))
+        .or_else(|| v.strip_suffix("M"))
+    {
+        (n, 1024 * 1024)
+    } else {
+        (v, 1)
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.bind_addr(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn seed_variables() {
+        let c = cfg(&[
+            ("WS_HOST", "0.0.0.0"),
+            ("WS_PORT", "9001"),
+            ("WS_SEND_BUFFER", "16"),
+            ("WS_PING_INTERVAL", "1m"),
+            ("WS_PONG_TIMEOUT", "90s"),
+            ("WS_MAX_MESSAGE_SIZE", "64KiB"),
+            ("WS_LOG_LEVEL", "debug"),
+            ("WS_LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.bind_addr(), "0.0.0.0:9001");
+        assert_eq!(c.send_buffer, 16);
+        assert_eq!(c.ping_interval, Duration::from_secs(60));
+        assert_eq!(c.pong_timeout, Duration::from_secs(90));
+        assert_eq!(c.max_message_size, 65536);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (var, value) in [
+            ("WS_PORT", "70000"),
+            ("WS_SEND_BUFFER", "0"),
+            ("WS_PING_INTERVAL", "soon"),
+            ("WS_PONG_TIMEOUT", "0s"),
+            ("WS_MAX_MESSAGE_SIZE", "-1"),
+            ("WS_LOG_FORMAT", "xml"),
+            ("WS_PATH", "ws"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(
+                e.to_string().contains(var) && e.to_string().contains(value),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

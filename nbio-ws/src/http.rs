@@ -1,0 +1,187 @@
+//! Plain HTTP on the server's port: the WebSocket upgrade, `/health`,
+//! `/metrics`, and 404/405 for everything else.
+//!
+//! [`WsEndpoint`] is also the way to mount nbio-ws inside an existing hyper
+//! or axum application: hand it the request and the peer address, and it
+//! answers the upgrade (or an HTTP error) and runs the connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, Shared};
+use crate::hub::Hub;
+
+/// The response body type used by nbio-ws.
+pub type Body = Full<Bytes>;
+
+/// The WebSocket endpoint of a server, usable on its own inside another
+/// hyper or axum application.
+///
+/// ```no_run
+/// use std::net::SocketAddr;
+/// use axum::{extract::{ConnectInfo, Request}, routing::get, Router};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let ws = nbio_ws::Server::builder().build()?.endpoint();
+/// let app = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .route("/ws", get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
+///         let ws = ws.clone();
+///         async move { ws.upgrade(req, peer) }
+///     }));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WsEndpoint {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) path: Arc<str>,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for WsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsEndpoint")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+impl WsEndpoint {
+    /// The hub of the server this endpoint belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The path the endpoint serves WebSocket upgrades on.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Answers a WebSocket upgrade request and runs the connection in a
+    /// new task. Anything that is not a valid upgrade gets an HTTP error:
+    /// 405 for a method other than GET, 426 for a request without the
+    /// upgrade headers or with a WebSocket version other than 13, 400 for a
+    /// missing key, 503 while the server shuts down.
+    pub fn upgrade<B>(&self, mut req: Request<B>, remote: SocketAddr) -> Response<Body> {
+        if req.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            let mut res = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint speaks WebSocket: connect with a WebSocket client\n",
+            );
+            res.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return res;
+        }
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
+        }
+        let (res, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(pair) => pair,
+            Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
+                let mut res = text(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "unsupported WebSocket version; use 13\n",
+                );
+                res.headers_mut()
+                    .insert("sec-websocket-version", HeaderValue::from_static("13"));
+                return res;
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing or invalid Sec-WebSocket-Key\n",
+                )
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        self.tracker
+            .spawn(connection::run(fut, shared, remote, None));
+        let (parts, _) = res.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()))
+    }
+
+    /// Routes a plain HTTP request the way the standalone server does:
+    /// the WebSocket path, `GET /health`, `GET /metrics`, 404 otherwise.
+    pub fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
+        let path = req.uri().path();
+        if path == &*self.path {
+            return self.upgrade(req, remote);
+        }
+        match path {
+            "/health" => {
+                if req.method() != Method::GET && req.method() != Method::HEAD {
+                    return method_not_allowed("GET, HEAD");
+                }
+                self.health()
+            }
+            "/metrics" => {
+                if req.method() != Method::GET && req.method() != Method::HEAD {
+                    return method_not_allowed("GET, HEAD");
+                }
+                self.metrics()
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// The `/health` response: `{"status":"healthy","uptime_seconds":...,"connected_clients":...}`.
+    pub fn health(&self) -> Response<Body> {
+        let hub = &self.shared.hub;
+        let shutting_down = self.shared.shutting_down.load(Ordering::Acquire);
+        let body = serde_json::json!({
+            "status": if shutting_down { "shutting_down" } else { "healthy" },
+            "uptime_seconds": hub.started_at().elapsed().as_secs(),
+            "connected_clients": hub.len(),
+        });
+        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+        if shutting_down {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    }
+
+    /// The `/metrics` response, in the Prometheus text format.
+    pub fn metrics(&self) -> Response<Body> {
+        let hub = &self.shared.hub;
+        let body = hub.metrics().render(hub.len(), hub.started_at().elapsed());
+        let mut res = Response::new(Full::new(Bytes::from(body)));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        res
+    }
+}

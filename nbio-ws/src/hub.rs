@@ -1,0 +1,239 @@
+//! [`Hub`]: the registry of connected clients, broadcast and send-to-one.
+//!
+//! The registry is a sharded map (`dashmap`), so connects, disconnects and
+//! look-ups from many tasks do not contend on one lock. A broadcast is
+//! serialized **once** into a reference-counted [`Bytes`] buffer that every
+//! recipient's queue shares; fanning out costs one atomic increment and one
+//! non-blocking queue push per client. A client whose queue is full is
+//! disconnected (close 1008) rather than waited for.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::client::{Client, ClientId, Outbound, SendError};
+use crate::jsonrpc;
+use crate::metrics::Metrics;
+
+/// The registry of this server's connected clients.
+///
+/// Cloning a `Hub` is cheap; every clone is the same hub. Handlers get one
+/// with the [`Hub`] extractor; the server exposes it as
+/// [`Server::hub`](crate::Server::hub).
+///
+/// ```
+/// use nbio_ws::{rpc_method, Hub, Params, RpcError};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct Say { text: String }
+///
+/// #[rpc_method("shout")]
+/// fn shout(hub: Hub, Params(p): Params<Say>) -> Result<usize, RpcError> {
+///     hub.broadcast("shouted", &serde_json::json!({ "text": p.text }))
+///         .map_err(RpcError::internal)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Hub(pub(crate) Arc<HubInner>);
+
+pub(crate) struct HubInner {
+    clients: DashMap<ClientId, Client>,
+    pub(crate) metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+    instance_tag: u64,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("clients", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A new, empty hub with its own metrics.
+    pub fn new() -> Self {
+        Self::with_metrics(Arc::new(Metrics::default()))
+    }
+
+    pub(crate) fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        // A random 21-bit tag keeps client ids of different instances apart
+        // while every id stays below 2^53 (exact in JavaScript).
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        let instance_tag = (h.finish() & 0x1F_FFFF).max(1);
+        Hub(Arc::new(HubInner {
+            clients: DashMap::new(),
+            metrics,
+            next_id: AtomicU64::new(1),
+            instance_tag,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// When the hub was created.
+    pub fn started_at(&self) -> Instant {
+        self.0.started
+    }
+
+    pub(crate) fn next_client_id(&self) -> ClientId {
+        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
+        ClientId((self.0.instance_tag << 32) | n)
+    }
+
+    pub(crate) fn register(&self, client: Client) {
+        self.0.clients.insert(client.id(), client);
+    }
+
+    pub(crate) fn unregister(&self, id: ClientId) -> Option<Client> {
+        self.0.clients.remove(&id).map(|(_, c)| c)
+    }
+
+    /// How many clients are connected to this instance.
+    pub fn len(&self) -> usize {
+        self.0.clients.len()
+    }
+
+    /// Whether no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.0.clients.is_empty()
+    }
+
+    /// The connected client with this id, if it is on this instance.
+    pub fn get(&self, id: ClientId) -> Option<Client> {
+        self.0.clients.get(&id).map(|c| c.value().clone())
+    }
+
+    /// A snapshot of the connected clients.
+    pub fn clients(&self) -> Vec<Client> {
+        self.0.clients.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// Calls `f` for every connected client.
+    ///
+    /// `f` runs while a shard of the registry is read-locked: keep it short
+    /// and do not connect or disconnect clients from inside it.
+    pub fn for_each(&self, mut f: impl FnMut(&Client)) {
+        for c in self.0.clients.iter() {
+            f(c.value());
+        }
+    }
+
+    /// Sends the notification `method(params)` to every connected client,
+    /// serialized once. Returns how many clients it was queued for.
+    pub fn broadcast<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<usize, serde_json::Error> {
+        let bytes = jsonrpc::encode_notification(method, params)?;
+        Ok(self.broadcast_text(bytes))
+    }
+
+    /// Queues an already encoded text message for every connected client.
+    /// Returns how many clients it was queued for.
+    pub fn broadcast_text(&self, bytes: Bytes) -> usize {
+        self.0.metrics.broadcast();
+        let mut delivered = 0;
+        for c in self.0.clients.iter() {
+            if c.value().send(Outbound::Text(bytes.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Sends the notification `method(params)` to one client.
+    pub fn send_to<P: Serialize + ?Sized>(
+        &self,
+        id: ClientId,
+        method: &str,
+        params: &P,
+    ) -> Result<(), SendError> {
+        let client = self.get(id).ok_or(SendError::NotFound(id))?;
+        client.notify(method, params)
+    }
+
+    /// Closes every connected client with the given code and reason,
+    /// after the messages already queued for it.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for c in self.0.clients.iter() {
+            c.value().close(code, reason);
+        }
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn broadcast_shares_one_buffer() {
+        let hub = Hub::new();
+        let mut rxs = Vec::new();
+        for _ in 0..3 {
+            let (c, rx) = Client::new(
+                hub.next_client_id(),
+                "127.0.0.1:1".parse().unwrap(),
+                None,
+                4,
+                Arc::clone(hub.metrics()),
+            );
+            hub.register(c);
+            rxs.push(rx);
+        }
+        assert_eq!(hub.broadcast("m", &serde_json::json!({"x": 1})).unwrap(), 3);
+        let mut ptrs = Vec::new();
+        for rx in &mut rxs {
+            match rx.recv().await.unwrap() {
+                Outbound::Text(b) => {
+                    assert_eq!(
+                        &b[..],
+                        br#"{"jsonrpc":"2.0","method":"m","params":{"x":1}}"#
+                    );
+                    ptrs.push(b.as_ptr());
+                }
+                Outbound::Binary(_) => panic!("binary"),
+            }
+        }
+        assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "serialized once");
+    }
+
+    #[test]
+    fn ids_are_unique_and_js_safe() {
+        let hub = Hub::new();
+        let a = hub.next_client_id();
+        let b = hub.next_client_id();
+        assert_ne!(a, b);
+        assert!(a.0 < (1u64 << 53));
+        assert!(matches!(
+            hub.send_to(ClientId(7), "m", &()),
+            Err(SendError::NotFound(ClientId(7)))
+        ));
+    }
+}

@@ -1,0 +1,505 @@
+//! JSON-RPC 2.0 wire types: parsing of single requests and batches, error
+//! codes, and the encoders for responses and notifications.
+//!
+//! Parsing borrows from the incoming text frame wherever it can: the `id`
+//! and `params` are kept as raw JSON slices, so an id is echoed back to the
+//! client byte for byte, and params are only deserialized by the handler
+//! that asks for them (through [`Params`](crate::Params)).
+//!
+//! Encoding writes the envelope by hand around a result serialized once, so
+//! a response costs one allocation for the output buffer.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Invalid JSON was received (`-32700`).
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object (`-32600`).
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist (`-32601`).
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters (`-32602`).
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal error, including a handler that panicked (`-32603`).
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// A JSON-RPC error object: what a handler returns to fail a request.
+///
+/// The constructors cover the codes of the specification; any code can be
+/// built with [`RpcError::new`]. `data` is optional structured detail.
+///
+/// ```
+/// use nbio_ws::RpcError;
+///
+/// let e = RpcError::invalid_params("text must not be empty");
+/// assert_eq!(e.code, -32602);
+/// assert_eq!(e.data.unwrap()["detail"], "text must not be empty");
+///
+/// let custom = RpcError::new(-32001, "room is full");
+/// assert_eq!(custom.message, "room is full");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("JSON-RPC error {code}: {message}")]
+pub struct RpcError {
+    /// The error code (see the constants of this module).
+    pub code: i64,
+    /// A short description of the error.
+    pub message: String,
+    /// Optional structured detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl RpcError {
+    /// An error with the given code and message and no data.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Attaches structured detail to the error.
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// `-32700 Parse error`, with `data.detail`.
+    pub fn parse_error(detail: impl fmt::Display) -> Self {
+        Self::new(PARSE_ERROR, "Parse error").with_detail(detail)
+    }
+
+    /// `-32600 Invalid Request`, with `data.detail`.
+    pub fn invalid_request(detail: impl fmt::Display) -> Self {
+        Self::new(INVALID_REQUEST, "Invalid Request").with_detail(detail)
+    }
+
+    /// `-32601 Method not found`, naming the method in `data.method`.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(METHOD_NOT_FOUND, "Method not found")
+            .with_data(serde_json::json!({ "method": method }))
+    }
+
+    /// `-32602 Invalid params`, with `data.detail` saying what is wrong.
+    pub fn invalid_params(detail: impl fmt::Display) -> Self {
+        Self::new(INVALID_PARAMS, "Invalid params").with_detail(detail)
+    }
+
+    /// `-32603 Internal error`, with `data.detail`.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        Self::new(INTERNAL_ERROR, "Internal error").with_detail(detail)
+    }
+
+    fn with_detail(self, detail: impl fmt::Display) -> Self {
+        self.with_data(serde_json::json!({ "detail": detail.to_string() }))
+    }
+
+    /// A short label for the error class, used for the `errors_total`
+    /// metric.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            PARSE_ERROR => "parse_error",
+            INVALID_REQUEST => "invalid_request",
+            METHOD_NOT_FOUND => "method_not_found",
+            INVALID_PARAMS => "invalid_params",
+            INTERNAL_ERROR => "internal_error",
+            _ => "application",
+        }
+    }
+}
+
+/// A request id, kept as the raw JSON the client sent (a number, a string
+/// or `null`), so that it is echoed back exactly.
+#[derive(Debug, Clone)]
+pub struct Id(Box<RawValue>);
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for Id {}
+
+impl Id {
+    /// The `null` id, used for errors that cannot be tied to a request.
+    pub fn null() -> Self {
+        Id(RawValue::from_string("null".to_owned()).expect("null is valid JSON"))
+    }
+
+    /// The id as raw JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    fn from_raw(raw: &RawValue) -> Self {
+        Id(raw.to_owned())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+/// A request object that passed validation.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The method name.
+    pub method: Cow<'a, str>,
+    /// The raw `params` value, when present (always an object or an array).
+    pub params: Option<&'a RawValue>,
+    /// The id; `None` for a notification, which is never answered.
+    pub id: Option<Id>,
+}
+
+/// One parsed element: a valid request, or the error response it earns.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A valid request or notification.
+    Request(Request<'a>),
+    /// An invalid request object: answered with this error and id.
+    Invalid(Id, RpcError),
+}
+
+/// What a text message holds.
+#[derive(Debug)]
+pub enum Message<'a> {
+    /// A single request object (or an invalid one).
+    Single(Parsed<'a>),
+    /// A non-empty batch.
+    Batch(Vec<Parsed<'a>>),
+    /// Unparsable JSON or an empty batch: a single error response with id
+    /// `null`.
+    Error(RpcError),
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+/// Deserializes a field that is present (even when it is `null`) as `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
+/// Parses one text message into a request, a batch or an error.
+///
+/// ```
+/// use nbio_ws::jsonrpc::{parse, Message, Parsed};
+///
+/// let msg = parse(r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"hi"},"id":7}"#);
+/// match msg {
+///     Message::Single(Parsed::Request(req)) => {
+///         assert_eq!(req.method, "self.reply");
+///         assert_eq!(req.id.unwrap().as_json(), "7");
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
+pub fn parse(text: &str) -> Message<'_> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(items) if items.is_empty() => {
+                Message::Error(RpcError::invalid_request("empty batch"))
+            }
+            Ok(items) => Message::Batch(items.into_iter().map(parse_element).collect()),
+            Err(e) => Message::Error(RpcError::parse_error(e)),
+        }
+    } else {
+        match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => Message::Single(parse_element(raw)),
+            Err(e) => Message::Error(RpcError::parse_error(e)),
+        }
+    }
+}
+
+fn parse_element(raw: &RawValue) -> Parsed<'_> {
+    let json = raw.get();
+    if !json.starts_with('{') {
+        return Parsed::Invalid(
+            Id::null(),
+            RpcError::invalid_request("a request must be a JSON object"),
+        );
+    }
+    let req: RawRequest<'_> = match serde_json::from_str(json) {
+        Ok(r) => r,
+        Err(e) => return Parsed::Invalid(Id::null(), RpcError::invalid_request(e)),
+    };
+    // The id decides whether we answer; validate it first.
+    let id = match req.id {
+        None => None,
+        Some(raw) => match raw.get().as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Some(Id::from_raw(raw)),
+            Some(b'n') => Some(Id::from_raw(raw)),
+            _ => {
+                return Parsed::Invalid(
+                    Id::null(),
+                    RpcError::invalid_request("id must be a string, a number or null"),
+                )
+            }
+        },
+    };
+    let reply_id = || id.clone().unwrap_or_else(Id::null);
+    match req.jsonrpc.map(RawValue::get) {
+        Some("\"2.0\"") => {}
+        Some(_) => {
+            return Parsed::Invalid(
+                reply_id(),
+                RpcError::invalid_request("jsonrpc must be exactly \"2.0\""),
+            )
+        }
+        None => {
+            return Parsed::Invalid(
+                reply_id(),
+                RpcError::invalid_request("missing member \"jsonrpc\": \"2.0\""),
+            )
+        }
+    }
+    let method = match req.method {
+        None => return Parsed::Invalid(reply_id(), RpcError::invalid_request("missing method")),
+        Some(raw) => match string_of(raw) {
+            Some(m) => m,
+            None => {
+                return Parsed::Invalid(
+                    reply_id(),
+                    RpcError::invalid_request("method must be a string"),
+                )
+            }
+        },
+    };
+    if let Some(p) = req.params {
+        if !matches!(p.get().as_bytes().first(), Some(b'{' | b'[')) {
+            return Parsed::Invalid(
+                reply_id(),
+                RpcError::invalid_request("params must be an object or an array"),
+            );
+        }
+    }
+    Parsed::Request(Request {
+        method,
+        params: req.params,
+        id,
+    })
+}
+
+fn string_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
+        return Some(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Cow::Owned)
+}
+
+/// Encodes a success response: `{"jsonrpc":"2.0","result":...,"id":...}`.
+pub fn encode_result(id: &Id, result: &RawValue) -> Bytes {
+    let r = result.get();
+    let i = id.as_json();
+    let mut out = Vec::with_capacity(36 + r.len() + i.len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"result\":");
+    out.extend_from_slice(r.as_bytes());
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(i.as_bytes());
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Encodes an error response: `{"jsonrpc":"2.0","error":{...},"id":...}`.
+pub fn encode_error(id: &Id, error: &RpcError) -> Bytes {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"error\":");
+    // Serializing a struct of a string, an integer and a Value cannot fail.
+    if serde_json::to_writer(&mut out, error).is_err() {
+        out.extend_from_slice(br#"{"code":-32603,"message":"Internal error"}"#);
+    }
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Joins encoded responses into a batch response array.
+pub fn encode_batch(parts: &[Bytes]) -> Bytes {
+    let len = parts.iter().map(Bytes::len).sum::<usize>() + parts.len() + 1;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+/// Encodes a notification: `{"jsonrpc":"2.0","method":...,"params":...}`.
+///
+/// ```
+/// let bytes = nbio_ws::jsonrpc::encode_notification("broadcast", &serde_json::json!({"text": "hi"})).unwrap();
+/// assert_eq!(&bytes[..], br#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"hi"}}"#);
+/// ```
+pub fn encode_notification<P: Serialize + ?Sized>(
+    method: &str,
+    params: &P,
+) -> Result<Bytes, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Notification<'a, P: ?Sized> {
+        jsonrpc: &'static str,
+        method: &'a str,
+        params: &'a P,
+    }
+    serde_json::to_vec(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+    .map(Bytes::from)
+}
+
+/// Deserializes params into `T`, reporting a -32602 error on failure.
+///
+/// Structs accept params by name (an object) and by position (an array).
+/// Missing params are treated as `null`, which suits `Option<T>` and `()`.
+pub fn deserialize_params<T: de::DeserializeOwned>(
+    params: Option<&RawValue>,
+) -> Result<T, RpcError> {
+    let text = params.map(RawValue::get).unwrap_or("null");
+    serde_json::from_str(text).map_err(|e| {
+        if params.is_none() {
+            RpcError::invalid_params(format!("missing params: {e}"))
+        } else {
+            RpcError::invalid_params(e)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(text: &str) -> Parsed<'_> {
+        match parse(text) {
+            Message::Single(p) => p,
+            other => panic!("expected single, got {other:?}"),
+        }
+    }
+
+    fn invalid(text: &str) -> (String, i64) {
+        match single(text) {
+            Parsed::Invalid(id, e) => (id.as_json().to_owned(), e.code),
+            Parsed::Request(r) => panic!("expected invalid, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_kept_verbatim() {
+        for id in ["1", "\"abc\"", "null", "1.5e3", "-7", "\"\\u00e9\""] {
+            let text = format!(r#"{{"jsonrpc":"2.0","method":"m","id":{id}}}"#);
+            match single(&text) {
+                Parsed::Request(r) => assert_eq!(r.id.unwrap().as_json(), id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn notification_has_no_id() {
+        match single(r#"{"jsonrpc":"2.0","method":"m"}"#) {
+            Parsed::Request(r) => assert!(r.id.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_requests() {
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"1.0","method":"m","id":3}"#),
+            ("3".into(), -32600)
+        );
+        assert_eq!(invalid(r#"{"method":"m","id":3}"#), ("3".into(), -32600));
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":1,"id":"a"}"#),
+            ("\"a\"".into(), -32600)
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":"m","id":{}}"#),
+            ("null".into(), -32600)
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":"m","id":[1]}"#),
+            ("null".into(), -32600)
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":"m","id":true}"#),
+            ("null".into(), -32600)
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":"m","params":"x","id":1}"#),
+            ("1".into(), -32600)
+        );
+        assert_eq!(invalid(r#"1"#), ("null".into(), -32600));
+        assert_eq!(invalid(r#""x""#), ("null".into(), -32600));
+    }
+
+    #[test]
+    fn parse_errors_and_batches() {
+        assert!(matches!(parse("{"), Message::Error(e) if e.code == PARSE_ERROR));
+        assert!(matches!(parse("[1,"), Message::Error(e) if e.code == PARSE_ERROR));
+        assert!(matches!(parse("[]"), Message::Error(e) if e.code == INVALID_REQUEST));
+        match parse(r#"[{"jsonrpc":"2.0","method":"a","id":1}, 5]"#) {
+            Message::Batch(items) => {
+                assert_eq!(items.len(), 2);
+                assert!(matches!(items[0], Parsed::Request(_)));
+                assert!(matches!(items[1], Parsed::Invalid(..)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn escaped_method_names() {
+        match single(r#"{"jsonrpc":"2.0","method":"self\u002ereply","id":1}"#) {
+            Parsed::Request(r) => assert_eq!(r.method, "self.reply"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn encoders() {
+        let id = Id::from_raw(&RawValue::from_string("\"x\"".into()).unwrap());
+        let result = RawValue::from_string("{\"a\":1}".into()).unwrap();
+        assert_eq!(
+            &encode_result(&id, &result)[..],
+            br#"{"jsonrpc":"2.0","result":{"a":1},"id":"x"}"#
+        );
+        let err = encode_error(&Id::null(), &RpcError::new(-1, "m"));
+        assert_eq!(
+            &err[..],
+            br#"{"jsonrpc":"2.0","error":{"code":-1,"message":"m"},"id":null}"#
+        );
+        let batch = encode_batch(&[Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
+        assert_eq!(&batch[..], b"[1,2]");
+    }
+}

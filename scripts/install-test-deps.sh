@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and the machine may lack. Idempotent:
+# each tool is installed only when missing.
+set -euo pipefail
+
+missing_apt=()
+need_cmd() { command -v "$1" >/dev/null 2>&1 || missing_apt+=("$2"); }
+need_cmd redis-server redis-server
+need_cmd nats-server nats-server
+need_cmd nginx nginx
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  echo "apt-get install ${missing_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
+fi
+
+if ! command -v kosoku >/dev/null 2>&1; then
+  echo "pip install kosoku"
+  python3 -m pip install --quiet kosoku
+fi
+
+for c in rustfmt clippy; do
+  if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$c"
+  fi
+done
+echo "tools ready"
