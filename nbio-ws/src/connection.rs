@@ -1,14 +1,11 @@
-//! One WebSocket connection: the reader loop, the writer task, keepalive,
-//! size limits and close codes.
+//! One WebSocket connection: reading, writing, keepalive, size limits
+//! and close codes — in one task per connection.
 //!
-//! fastwebsockets' `read_frame` is not cancel-safe, so it is never raced
-//! in a `select!`: the socket is split, and the read half lives in its own
-//! task that only ever awaits the next frame. The write half belongs to
-//! the writer loop, which selects over the client's outbound queue, a
-//! small control channel from the reader (pongs, close events), close
-//! requests from anywhere, and the ping timer. When the writer is done it
-//! aborts the reader, which is safe at that point because the socket is
-//! being dropped.
+//! The task owns the upgraded socket and selects over: more bytes from the
+//! client (the [`frame`](crate::frame) reader is cancel-safe), the
+//! client's outbound queue, close requests, and the ping timer. Handlers
+//! that finish at once run inline; handlers that wait are spawned, so
+//! requests of one connection run concurrently.
 //!
 //! The framework enforces what fastwebsockets 0.10 leaves open:
 //!
@@ -17,10 +14,11 @@
 //! | a message over the size limit, counting every fragment | close 1009 |
 //! | a control frame over 125 bytes (close frames included) | close 1002 |
 //! | a malformed close frame or an invalid close code | close 1002 |
+//! | an unmasked frame, reserved bits or opcodes | close 1002 |
 //! | invalid UTF-8 in a text message or a close reason | close 1007 |
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
-//! | outbound queue full (slow consumer) | close 1008 |
+//! | outbound queue full (slow consumer) | close 1008, without waiting |
 //! | server shutting down | close 1001, after queued messages |
 
 use std::future::Future;
@@ -31,14 +29,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
 use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::client::{Client, Outbound};
+use crate::frame::{FrameReader, FrameWriter, InFrame, OpCode, Violation};
 use crate::hub::Hub;
 use crate::jsonrpc::{self, Id, RpcError};
 use crate::router::{BoxFuture, Router};
@@ -105,18 +102,6 @@ pub(crate) struct Shared {
     pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
-/// Events from the reader to the writer.
-#[derive(Debug)]
-enum Control {
-    Pong(Bytes),
-    /// The peer sent a valid close frame; `None` when it had no code.
-    PeerClose(Option<u16>),
-    /// A protocol violation: close with this code and reason at once.
-    Fail(u16, &'static str),
-    /// The socket reached EOF or failed.
-    Gone,
-}
-
 /// Runs a connection from the completed upgrade until it is closed.
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
@@ -124,14 +109,15 @@ pub(crate) async fn run(
     remote: SocketAddr,
     identity: Option<Arc<str>>,
 ) {
-    let ws = match upgrade.await {
-        Ok(ws) => ws,
+    let mut io = match upgrade.await {
+        // Only the upgraded socket is kept: frames are read and written by
+        // `crate::frame`.
+        Ok(ws) => ws.into_inner(),
         Err(e) => {
             tracing::debug!(%remote, error = %e, "upgrade failed");
             return;
         }
     };
-    let (read, write) = ws.split(tokio::io::split);
     let hub = &shared.hub;
     let metrics = Arc::clone(hub.metrics());
     let (client, rx) = Client::new(
@@ -155,17 +141,19 @@ pub(crate) async fn run(
         run_hook(hook, &client, "on_connect").await;
     }
 
-    // Room for a burst of pings; beyond it, pongs are dropped (only the
-    // most recent ping needs an answer).
-    let (ctrl_tx, ctrl_rx) = mpsc::channel(16);
-    let reader = tokio::spawn(read_loop(
-        read,
-        client.clone(),
-        Arc::clone(&shared),
-        ctrl_tx,
-    ));
-    let code = write_loop(write, &client, rx, ctrl_rx, &shared).await;
-    reader.abort();
+    let code = Conn {
+        io: &mut io,
+        client: &client,
+        shared: &shared,
+        rx,
+        reader: FrameReader::new(shared.settings.max_message_size),
+        writer: FrameWriter::new(),
+        assembler: Assembler::new(shared.settings.max_message_size),
+        inflight: Arc::new(Semaphore::new(shared.settings.max_inflight.max(1))),
+    }
+    .drive()
+    .await;
+
     client.mark_closing();
     hub.unregister(client.id());
     metrics.disconnected(code);
@@ -185,89 +173,240 @@ async fn run_hook(hook: &Hook, client: &Client, name: &str) {
     }
 }
 
-async fn read_loop(
-    mut ws: WebSocketRead<ReadHalf<Io>>,
-    client: Client,
-    shared: Arc<Shared>,
-    ctrl: mpsc::Sender<Control>,
-) {
-    let max = shared.settings.max_message_size;
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets refuses a single frame of this size or more; the
-    // assembler below enforces the limit on whole messages.
-    ws.set_max_message_size(max.saturating_add(1));
-    let mut assembler = Assembler::new(max);
-    let inflight = Arc::new(Semaphore::new(shared.settings.max_inflight.max(1)));
-    // Automatic pongs and closes are off, so nothing is ever sent here.
-    let mut no_send = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
-    loop {
-        let frame = match ws.read_frame(&mut no_send).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = ctrl.send(read_error(e)).await;
-                return;
-            }
-        };
-        client.touch();
-        let event = match frame.opcode {
-            OpCode::Ping | OpCode::Pong if frame.payload.len() > 125 => {
-                Some(Control::Fail(1002, "control frame over 125 bytes"))
-            }
-            OpCode::Ping => {
-                // If the writer is busy, dropping a pong is allowed: only the
-                // most recent ping needs an answer.
-                let _ = ctrl.try_send(Control::Pong(Bytes::copy_from_slice(&frame.payload)));
-                None
-            }
-            OpCode::Pong => None,
-            OpCode::Close => Some(close_event(&frame.payload)),
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
-                Ok(None) => None,
-                Ok(Some(msg)) => {
-                    on_message(msg, &client, &shared, &inflight).await;
-                    None
+/// How the connection ended, or that it goes on.
+enum Flow {
+    Continue,
+    /// Closed; the close code the server sent, if any.
+    Done(Option<u16>),
+}
+
+struct Conn<'a> {
+    io: &'a mut Io,
+    client: &'a Client,
+    shared: &'a Shared,
+    rx: mpsc::Receiver<Outbound>,
+    reader: FrameReader,
+    writer: FrameWriter,
+    assembler: Assembler,
+    inflight: Arc<Semaphore>,
+}
+
+/// The socket failed or the connection was aborted.
+struct Gone;
+
+impl Conn<'_> {
+    async fn drive(mut self) -> Option<u16> {
+        let settings = &self.shared.settings;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Everything already buffered is handled before waiting again.
+            loop {
+                match self.reader.next_frame() {
+                    Ok(Some(frame)) => {
+                        self.client.touch();
+                        match self.on_frame(frame).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Done(code)) => return code,
+                            Err(Gone) => return None,
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(v) => return self.fail(v).await,
                 }
-                Err(fail) => Some(fail),
-            },
+            }
+            self.reader.shrink_if_idle();
+            tokio::select! {
+                biased;
+                _ = self.client.0.close_notify.notified() => {
+                    if let Some(req) = self.client.take_close_request() {
+                        return self.close(req).await;
+                    }
+                }
+                msg = self.rx.recv() => {
+                    let msg = msg?;
+                    if self.write_queued(Some(msg)).await.is_err() {
+                        return None;
+                    }
+                }
+                read = self.reader.fill(self.io) => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                _ = ping.tick() => {
+                    if self.client.silent_for() > settings.pong_timeout {
+                        tracing::debug!(client = %self.client.id(), "keepalive timeout");
+                        return self.fail(Violation(1001, "keepalive timeout")).await;
+                    }
+                    if self.send_control(OpCode::Ping, &[]).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a control frame at once.
+    async fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Gone> {
+        let (io, writer, client) = (&mut *self.io, &mut self.writer, self.client);
+        abortable(client, async {
+            writer.frame(io, opcode, payload).await?;
+            writer.flush(io).await
+        })
+        .await
+    }
+
+    /// Writes `first` and everything else queued, coalesced.
+    async fn write_queued(&mut self, first: Option<Outbound>) -> Result<(), Gone> {
+        let (io, writer, client, rx) = (&mut *self.io, &mut self.writer, self.client, &mut self.rx);
+        let metrics = self.shared.hub.metrics();
+        abortable(client, async {
+            let mut next = first;
+            if next.is_none() {
+                next = rx.try_recv().ok();
+            }
+            while let Some(msg) = next {
+                // Counted before the write so a client that sees the message
+                // also sees it counted.
+                metrics.messages_out(1);
+                match &msg {
+                    Outbound::Text(b) => writer.frame(io, OpCode::Text, b).await?,
+                    Outbound::Binary(b) => writer.frame(io, OpCode::Binary, b).await?,
+                }
+                next = rx.try_recv().ok();
+            }
+            writer.flush(io).await
+        })
+        .await
+    }
+
+    async fn on_frame(&mut self, frame: InFrame) -> Result<Flow, Gone> {
+        match frame.opcode {
+            OpCode::Ping => {
+                self.send_control(OpCode::Pong, &frame.payload).await?;
+                Ok(Flow::Continue)
+            }
+            OpCode::Pong => Ok(Flow::Continue),
+            OpCode::Close => Ok(match close_event(&frame.payload) {
+                Ok(code) => {
+                    // Echo the peer's code (or an empty close), then end.
+                    self.client.mark_closing();
+                    let payload = code.map(u16::to_be_bytes);
+                    let _ = self
+                        .send_control(OpCode::Close, payload.as_ref().map_or(&[][..], |p| &p[..]))
+                        .await;
+                    Flow::Done(code)
+                }
+                Err(v) => self
+                    .fail(v)
+                    .await
+                    .map_or(Flow::Done(None), |c| Flow::Done(Some(c))),
+            }),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                match self.assembler.push(frame) {
+                    Ok(None) => Ok(Flow::Continue),
+                    Ok(Some(msg)) => {
+                        on_message(msg, self.client, self.shared, &self.inflight).await;
+                        // A burst of requests must not overflow the client's own
+                        // queue with its replies: write them as they pile up.
+                        if self.rx.len() >= 32 {
+                            self.write_queued(None).await?;
+                        }
+                        Ok(Flow::Continue)
+                    }
+                    Err(v) => Ok(Flow::Done(self.fail(v).await)),
+                }
+            }
+        }
+    }
+
+    /// Fails the connection: a close frame with the code, then the end.
+    async fn fail(&mut self, v: Violation) -> Option<u16> {
+        self.client.mark_closing();
+        tracing::debug!(client = %self.client.id(), code = v.0, reason = v.1, "closing the connection");
+        let _ = self.send_close(v.0, v.1).await;
+        Some(v.0)
+    }
+
+    async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), Gone> {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.send_control(OpCode::Close, &payload).await
+    }
+
+    /// Closes at the request of the application, the hub or shutdown.
+    async fn close(&mut self, req: crate::client::CloseRequest) -> Option<u16> {
+        let settings = &self.shared.settings;
+        if !req.drain {
+            // A slow consumer: no draining, no waiting for an answer. Its
+            // abort signal fired too; take it so the close frame gets a
+            // short, bounded chance to be written.
+            let _ = self.client.0.abort_notify.notified().now_or_never();
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                self.send_close(req.code, &req.reason),
+            )
+            .await;
+            return Some(req.code);
+        }
+        match tokio::time::timeout(settings.drain_timeout, self.write_queued(None)).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+        if self.send_close(req.code, &req.reason).await.is_err() {
+            return None;
+        }
+        // Wait, bounded, for the peer's close frame; data is discarded.
+        let wait = async {
+            loop {
+                match self.reader.next_frame() {
+                    Ok(Some(f)) if f.opcode == OpCode::Close => return,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+                match self.reader.fill(self.io).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
         };
-        if let Some(event) = event {
-            let _ = ctrl.send(event).await;
-            return;
-        }
+        let _ = tokio::time::timeout(settings.close_timeout, wait).await;
+        Some(req.code)
     }
 }
 
-fn read_error(e: WebSocketError) -> Control {
-    use WebSocketError as E;
-    match e {
-        E::InvalidUTF8 => Control::Fail(1007, "invalid UTF-8 in a text message"),
-        E::FrameTooLarge => Control::Fail(1009, "message too big"),
-        E::ReservedBitsNotZero => Control::Fail(1002, "reserved bits set"),
-        E::ControlFrameFragmented => Control::Fail(1002, "fragmented control frame"),
-        E::PingFrameTooLarge => Control::Fail(1002, "control frame over 125 bytes"),
-        E::InvalidValue => Control::Fail(1002, "unknown opcode"),
-        E::InvalidFragment | E::InvalidContinuationFrame => {
-            Control::Fail(1002, "invalid fragment sequence")
-        }
-        E::InvalidCloseFrame | E::InvalidCloseCode => Control::Fail(1002, "invalid close frame"),
-        _ => Control::Gone,
+/// Runs a write, giving up when the client is aborted (a slow consumer
+/// whose socket no longer accepts data).
+async fn abortable(
+    client: &Client,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), Gone> {
+    tokio::select! {
+        biased;
+        r = write => r.map_err(|_| Gone),
+        _ = client.0.abort_notify.notified() => Err(Gone),
     }
 }
 
-fn close_event(payload: &[u8]) -> Control {
+/// Validates a close frame's payload: the peer's code (`None` for an empty
+/// payload), or the violation.
+fn close_event(payload: &[u8]) -> Result<Option<u16>, Violation> {
     match payload.len() {
-        0 => Control::PeerClose(None),
-        1 => Control::Fail(1002, "close frame with a 1-byte payload"),
-        n if n > 125 => Control::Fail(1002, "control frame over 125 bytes"),
+        0 => Ok(None),
+        1 => Err(Violation(1002, "close frame with a 1-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !valid_close_code(code) {
-                Control::Fail(1002, "invalid close code")
+                Err(Violation(1002, "invalid close code"))
             } else if std::str::from_utf8(&payload[2..]).is_err() {
-                Control::Fail(1007, "invalid UTF-8 in the close reason")
+                Err(Violation(1007, "invalid UTF-8 in the close reason"))
             } else {
-                Control::PeerClose(Some(code))
+                Ok(Some(code))
             }
         }
     }
@@ -293,30 +432,32 @@ struct Partial {
     checked: usize,
 }
 
+const INVALID_UTF8: Violation = Violation(1007, "invalid UTF-8 in a text message");
+
 impl Assembler {
     fn new(max: usize) -> Self {
         Assembler { max, partial: None }
     }
 
-    fn push(&mut self, frame: Frame<'_>) -> Result<Option<RawMessage>, Control> {
+    fn push(&mut self, frame: InFrame) -> Result<Option<RawMessage>, Violation> {
         let payload = frame.payload;
         match (frame.opcode, self.partial.as_mut()) {
-            (OpCode::Text | OpCode::Binary, Some(_)) => Err(Control::Fail(
-                1002,
-                "new data frame before the last fragment",
-            )),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                Err(Violation(1002, "new data frame before the last fragment"))
+            }
             (OpCode::Continuation, None) => {
-                Err(Control::Fail(1002, "continuation frame without a message"))
+                Err(Violation(1002, "continuation frame without a message"))
             }
             (opcode, None) => {
                 if payload.len() > self.max {
-                    return Err(Control::Fail(1009, "message too big"));
+                    return Err(Violation(1009, "message too big"));
                 }
                 let text = opcode == OpCode::Text;
-                let buf = into_bytes_mut(payload);
                 if frame.fin {
-                    // fastwebsockets has validated unfragmented text already.
-                    let b = buf.freeze();
+                    if text && std::str::from_utf8(&payload).is_err() {
+                        return Err(INVALID_UTF8);
+                    }
+                    let b = payload.freeze();
                     return Ok(Some(if text {
                         RawMessage::Text(b)
                     } else {
@@ -325,7 +466,7 @@ impl Assembler {
                 }
                 let mut p = Partial {
                     text,
-                    buf,
+                    buf: payload,
                     checked: 0,
                 };
                 if text {
@@ -337,7 +478,7 @@ impl Assembler {
             (_, Some(p)) => {
                 if p.buf.len() + payload.len() > self.max {
                     self.partial = None;
-                    return Err(Control::Fail(1009, "message too big"));
+                    return Err(Violation(1009, "message too big"));
                 }
                 p.buf.extend_from_slice(&payload);
                 if p.text {
@@ -360,26 +501,18 @@ impl Assembler {
     }
 }
 
-fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), Control> {
-    let invalid = Control::Fail(1007, "invalid UTF-8 in a text message");
+fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), Violation> {
     match std::str::from_utf8(&p.buf[p.checked..]) {
         Ok(_) => {
             p.checked = p.buf.len();
             Ok(())
         }
-        Err(e) if e.error_len().is_some() || fin => Err(invalid),
+        Err(e) if e.error_len().is_some() || fin => Err(INVALID_UTF8),
         Err(e) => {
             // An incomplete sequence at the end: it may complete later.
             p.checked += e.valid_up_to();
             Ok(())
         }
-    }
-}
-
-fn into_bytes_mut(p: Payload<'_>) -> BytesMut {
-    match p {
-        Payload::Bytes(b) => b,
-        other => BytesMut::from(&other[..]),
     }
 }
 
@@ -442,159 +575,21 @@ async fn on_message(msg: RawMessage, client: &Client, shared: &Shared, inflight:
     }
 }
 
-/// The writer's half of the socket, with the client whose abort signal
-/// interrupts a write the peer is not reading.
-struct Writer<'c> {
-    ws: WebSocketWrite<WriteHalf<Io>>,
-    client: &'c Client,
-}
-
-impl Writer<'_> {
-    /// Writes one frame; `Err` means the socket is gone or the connection
-    /// was aborted (a slow consumer whose socket buffer is full).
-    async fn write(&mut self, frame: Frame<'_>) -> Result<(), ()> {
-        tokio::select! {
-            biased;
-            r = self.ws.write_frame(frame) => r.map_err(|_| ()),
-            _ = self.client.0.abort_notify.notified() => Err(()),
-        }
-    }
-
-    async fn write_outbound(&mut self, msg: &Outbound) -> Result<(), ()> {
-        match msg {
-            Outbound::Text(b) => self.write(Frame::text(Payload::Borrowed(b))).await,
-            Outbound::Binary(b) => self.write(Frame::binary(Payload::Borrowed(b))).await,
-        }
-    }
-}
-
-/// Runs the writer until the connection ends; returns the close code the
-/// server sent, if any.
-async fn write_loop(
-    ws: WebSocketWrite<WriteHalf<Io>>,
-    client: &Client,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut ctrl: mpsc::Receiver<Control>,
-    shared: &Shared,
-) -> Option<u16> {
-    let settings = &shared.settings;
-    let metrics = shared.hub.metrics();
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut w = Writer { ws, client };
-    loop {
-        tokio::select! {
-            biased;
-            _ = client.0.close_notify.notified() => {
-                let Some(req) = client.take_close_request() else { continue };
-                if !req.drain {
-                    // A slow consumer: no draining, no waiting for its answer.
-                    // Its abort signal was fired too; take it so the close
-                    // frame gets a (bounded) chance to be written.
-                    let _ = client.0.abort_notify.notified().now_or_never();
-                    let close = w.ws.write_frame(Frame::close(req.code, req.reason.as_bytes()));
-                    let _ = tokio::time::timeout(Duration::from_millis(100), close).await;
-                    return Some(req.code);
-                }
-                {
-                    let drain = async {
-                        let mut n = 0;
-                        while let Ok(msg) = rx.try_recv() {
-                            w.write_outbound(&msg).await?;
-                            n += 1;
-                        }
-                        metrics.messages_out(n);
-                        Ok::<(), ()>(())
-                    };
-                    if !matches!(tokio::time::timeout(settings.drain_timeout, drain).await, Ok(Ok(()))) {
-                        return None;
-                    }
-                }
-                if w.write(Frame::close(req.code, req.reason.as_bytes())).await.is_err() {
-                    return None;
-                }
-                // Wait, bounded, for the peer to answer the close.
-                let _ = tokio::time::timeout(settings.close_timeout, async {
-                    while let Some(ev) = ctrl.recv().await {
-                        if !matches!(ev, Control::Pong(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return Some(req.code);
-            }
-            ev = ctrl.recv() => match ev {
-                Some(Control::Pong(payload)) => {
-                    if w.write(Frame::pong(Payload::Borrowed(&payload))).await.is_err() {
-                        return None;
-                    }
-                }
-                Some(Control::PeerClose(code)) => {
-                    client.mark_closing();
-                    let frame = match code {
-                        Some(code) => Frame::close(code, b""),
-                        None => Frame::close_raw(Payload::Borrowed(&[])),
-                    };
-                    let _ = w.write(frame).await;
-                    return code;
-                }
-                Some(Control::Fail(code, reason)) => {
-                    client.mark_closing();
-                    tracing::debug!(client = %client.id(), code, reason, "closing on protocol error");
-                    let _ = w.write(Frame::close(code, reason.as_bytes())).await;
-                    return Some(code);
-                }
-                Some(Control::Gone) | None => {
-                    client.mark_closing();
-                    return None;
-                }
-            },
-            msg = rx.recv() => {
-                let msg = msg?;
-                if w.write_outbound(&msg).await.is_err() {
-                    return None;
-                }
-                let mut n = 1;
-                // Write what else is queued before going back to select.
-                while n < 64 {
-                    let Ok(msg) = rx.try_recv() else { break };
-                    if w.write_outbound(&msg).await.is_err() {
-                        return None;
-                    }
-                    n += 1;
-                }
-                metrics.messages_out(n);
-            }
-            _ = ping.tick() => {
-                if client.silent_for() > settings.pong_timeout {
-                    client.mark_closing();
-                    tracing::debug!(client = %client.id(), "keepalive timeout");
-                    let _ = w.write(Frame::close(1001, b"keepalive timeout")).await;
-                    return Some(1001);
-                }
-                if w.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await.is_err() {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(fin: bool, opcode: OpCode, data: &[u8]) -> Frame<'static> {
-        Frame::new(fin, opcode, None, Payload::Owned(data.to_vec()))
+    fn frame(fin: bool, opcode: OpCode, data: &[u8]) -> InFrame {
+        InFrame {
+            fin,
+            opcode,
+            payload: BytesMut::from(data),
+        }
     }
 
-    fn fail_code(r: Result<Option<RawMessage>, Control>) -> u16 {
+    fn fail_code(r: Result<Option<RawMessage>, Violation>) -> u16 {
         match r {
-            Err(Control::Fail(code, _)) => code,
+            Err(v) => v.0,
             other => panic!("expected a failure, got {other:?}"),
         }
     }
@@ -659,6 +654,10 @@ mod tests {
             fail_code(a.push(frame(true, OpCode::Continuation, b""))),
             1007
         );
+        assert_eq!(
+            fail_code(Assembler::new(100).push(frame(true, OpCode::Text, b"\xc3\x28"))),
+            1007
+        );
     }
 
     #[test]
@@ -675,28 +674,19 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        assert!(matches!(close_event(&[]), Control::PeerClose(None)));
-        assert!(matches!(close_event(&[3]), Control::Fail(1002, _)));
-        assert!(matches!(
-            close_event(&1000u16.to_be_bytes()),
-            Control::PeerClose(Some(1000))
-        ));
-        assert!(matches!(
-            close_event(&1005u16.to_be_bytes()),
-            Control::Fail(1002, _)
-        ));
-        assert!(matches!(
-            close_event(&999u16.to_be_bytes()),
-            Control::Fail(1002, _)
-        ));
-        assert!(matches!(
-            close_event(&5000u16.to_be_bytes()),
-            Control::Fail(1002, _)
-        ));
+        assert_eq!(close_event(&[]), Ok(None));
+        assert_eq!(close_event(&[3]).unwrap_err().0, 1002);
+        assert_eq!(close_event(&1000u16.to_be_bytes()), Ok(Some(1000)));
+        assert_eq!(close_event(&4999u16.to_be_bytes()), Ok(Some(4999)));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000] {
+            assert_eq!(
+                close_event(&bad.to_be_bytes()).unwrap_err().0,
+                1002,
+                "{bad}"
+            );
+        }
         let mut bad = 1000u16.to_be_bytes().to_vec();
         bad.extend_from_slice(b"\xff");
-        assert!(matches!(close_event(&bad), Control::Fail(1007, _)));
-        let long = vec![b'a'; 126];
-        assert!(matches!(close_event(&long), Control::Fail(1002, _)));
+        assert_eq!(close_event(&bad).unwrap_err().0, 1007);
     }
 }

@@ -72,6 +72,7 @@ extern crate self as nbio_ws;
 pub mod client;
 pub mod config;
 pub mod connection;
+mod frame;
 pub mod http;
 pub mod hub;
 pub mod jsonrpc;
