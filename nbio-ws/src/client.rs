@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use std::collections::VecDeque;
+
+use tokio::sync::Notify;
 
 use crate::jsonrpc;
 use crate::metrics::Metrics;
@@ -75,7 +77,9 @@ pub(crate) struct ClientInner {
     id: ClientId,
     remote: SocketAddr,
     identity: Option<Arc<str>>,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    queue_cap: usize,
+    queue_notify: Notify,
     closing: AtomicBool,
     close_request: Mutex<Option<CloseRequest>>,
     pub(crate) close_notify: Notify,
@@ -125,13 +129,14 @@ impl Client {
         identity: Option<Arc<str>>,
         queue: usize,
         metrics: Arc<Metrics>,
-    ) -> (Client, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    ) -> (Client, OutRx) {
         let inner = ClientInner {
             id,
             remote,
             identity,
-            tx,
+            queue: Mutex::new(Queue::default()),
+            queue_cap: queue.max(1),
+            queue_notify: Notify::new(),
             closing: AtomicBool::new(false),
             close_request: Mutex::new(None),
             close_notify: Notify::new(),
@@ -141,7 +146,8 @@ impl Client {
             last_seen_ms: AtomicU64::new(0),
             metrics,
         };
-        (Client(Arc::new(inner)), rx)
+        let client = Client(Arc::new(inner));
+        (client.clone(), OutRx(client))
     }
 
     /// The client's id.
@@ -167,7 +173,7 @@ impl Client {
 
     /// Whether the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
-        self.0.closing.load(Ordering::Acquire) || self.0.tx.is_closed()
+        self.0.closing.load(Ordering::Acquire)
     }
 
     /// Sends a JSON-RPC notification to this client.
@@ -191,16 +197,30 @@ impl Client {
         if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        match self.0.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let pushed = {
+            let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.closed {
+                Err(SendError::Closed)
+            } else if q.items.len() >= self.0.queue_cap {
+                Err(SendError::Full)
+            } else {
+                q.items.push_back(msg);
+                Ok(())
+            }
+        };
+        match pushed {
+            Ok(()) => {
+                self.0.queue_notify.notify_one();
+                Ok(())
+            }
+            Err(SendError::Full) => {
                 if self.request_close(1008, "outbound queue full (slow consumer)", false) {
                     self.0.metrics.slow_consumer();
                     tracing::warn!(client = %self.0.id, "slow consumer disconnected (1008)");
                 }
                 Err(SendError::Full)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -239,6 +259,14 @@ impl Client {
 
     pub(crate) fn mark_closing(&self) {
         self.0.closing.store(true, Ordering::Release);
+    }
+
+    /// Marks the queue closed and frees what is left in it.
+    pub(crate) fn close_queue(&self) {
+        self.mark_closing();
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.closed = true;
+        q.items = VecDeque::new();
     }
 
     pub(crate) fn touch(&self) {
@@ -303,6 +331,45 @@ impl Client {
     }
 }
 
+/// The outbound queue: bounded, and allocation-free while empty (an idle
+/// connection holds no queue memory).
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// The connection's end of a client's outbound queue.
+pub(crate) struct OutRx(Client);
+
+impl OutRx {
+    /// The next queued message, if any.
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
+        let mut q = self.0 .0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            // Give back what a burst grew.
+            q.items = VecDeque::new();
+        }
+        msg
+    }
+
+    /// Waits for the next queued message. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Outbound {
+        loop {
+            if let Some(msg) = self.try_recv() {
+                return msg;
+            }
+            self.0 .0.queue_notify.notified().await;
+        }
+    }
+
+    /// How many messages are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.0 .0.queue.lock().map_or(0, |q| q.items.len())
+    }
+}
+
 pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -318,7 +385,7 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    fn client(queue: usize) -> (Client, mpsc::Receiver<Outbound>) {
+    fn client(queue: usize) -> (Client, OutRx) {
         Client::new(
             ClientId(1),
             "127.0.0.1:1".parse().unwrap(),

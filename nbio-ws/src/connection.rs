@@ -32,9 +32,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::client::{Client, Outbound};
+use crate::client::{Client, OutRx, Outbound};
 use crate::frame::{FrameReader, FrameWriter, InFrame, OpCode, Violation};
 use crate::hub::Hub;
 use crate::jsonrpc::{self, Id, RpcError};
@@ -154,7 +154,7 @@ pub(crate) async fn run(
     .drive()
     .await;
 
-    client.mark_closing();
+    client.close_queue();
     hub.unregister(client.id());
     metrics.disconnected(code);
     tracing::debug!(client = %client.id(), code, "disconnected");
@@ -184,7 +184,7 @@ struct Conn<'a> {
     io: &'a mut Io,
     client: &'a Client,
     shared: &'a Shared,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutRx,
     reader: FrameReader,
     writer: FrameWriter,
     assembler: Assembler,
@@ -208,14 +208,15 @@ impl Conn<'_> {
                 match self.reader.next_frame() {
                     Ok(Some(frame)) => {
                         self.client.touch();
-                        match self.on_frame(frame).await {
+                        // Boxed: keeps the idle connection's task small.
+                        match Box::pin(self.on_frame(frame)).await {
                             Ok(Flow::Continue) => {}
                             Ok(Flow::Done(code)) => return code,
                             Err(Gone) => return None,
                         }
                     }
                     Ok(None) => break,
-                    Err(v) => return self.fail(v).await,
+                    Err(v) => return Box::pin(self.fail(v)).await,
                 }
             }
             self.reader.shrink_if_idle();
@@ -223,12 +224,11 @@ impl Conn<'_> {
                 biased;
                 _ = self.client.0.close_notify.notified() => {
                     if let Some(req) = self.client.take_close_request() {
-                        return self.close(req).await;
+                        return Box::pin(self.close(req)).await;
                     }
                 }
                 msg = self.rx.recv() => {
-                    let msg = msg?;
-                    if self.write_queued(Some(msg)).await.is_err() {
+                    if Box::pin(self.write_queued(Some(msg))).await.is_err() {
                         return None;
                     }
                 }
@@ -239,9 +239,9 @@ impl Conn<'_> {
                 _ = ping.tick() => {
                     if self.client.silent_for() > settings.pong_timeout {
                         tracing::debug!(client = %self.client.id(), "keepalive timeout");
-                        return self.fail(Violation(1001, "keepalive timeout")).await;
+                        return Box::pin(self.fail(Violation(1001, "keepalive timeout"))).await;
                     }
-                    if self.send_control(OpCode::Ping, &[]).await.is_err() {
+                    if Box::pin(self.send_control(OpCode::Ping, &[])).await.is_err() {
                         return None;
                     }
                 }
@@ -266,7 +266,7 @@ impl Conn<'_> {
         abortable(client, async {
             let mut next = first;
             if next.is_none() {
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             while let Some(msg) = next {
                 // Counted before the write so a client that sees the message
@@ -276,7 +276,7 @@ impl Conn<'_> {
                     Outbound::Text(b) => writer.frame(io, OpCode::Text, b).await?,
                     Outbound::Binary(b) => writer.frame(io, OpCode::Binary, b).await?,
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             writer.flush(io).await
         })

@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(hub.broadcast("m", &serde_json::json!({"x": 1})).unwrap(), 3);
         let mut ptrs = Vec::new();
         for rx in &mut rxs {
-            match rx.recv().await.unwrap() {
+            match rx.recv().await {
                 Outbound::Text(b) => {
                     assert_eq!(
                         &b[..],

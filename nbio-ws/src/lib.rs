@@ -138,19 +138,17 @@ pub fn init_logging(config: &Config) {
 pub mod __bench {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-    use futures_util::FutureExt;
-    use tokio::sync::mpsc;
-
-    use crate::client::{Client, Outbound};
+    use crate::client::{Client, OutRx};
     use crate::connection::Mode;
     use crate::{Hub, ServerBuilder};
+    use bytes::Bytes;
+    use futures_util::FutureExt;
 
     /// A server's router with one fake client, to time parse + dispatch.
     pub struct RpcFixture {
         server: crate::Server,
         client: Client,
-        _rx: mpsc::Receiver<Outbound>,
+        _rx: OutRx,
     }
 
     impl RpcFixture {
@@ -190,7 +188,7 @@ pub mod __bench {
     pub struct HubFixture {
         /// The hub.
         pub hub: Hub,
-        rxs: Vec<mpsc::Receiver<Outbound>>,
+        rxs: Vec<OutRx>,
     }
 
     impl HubFixture {
@@ -216,7 +214,7 @@ pub mod __bench {
         pub fn drain(&mut self) -> usize {
             let mut n = 0;
             for rx in &mut self.rxs {
-                while rx.try_recv().is_ok() {
+                while rx.try_recv().is_some() {
                     n += 1;
                 }
             }
