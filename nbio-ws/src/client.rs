@@ -91,6 +91,8 @@ pub(crate) struct ClientInner {
     /// Milliseconds since `connected_at` when the peer was last heard from.
     pub(crate) last_seen_ms: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The hub the client belongs to (weak: the hub holds the client).
+    hub: std::sync::Weak<crate::hub::HubInner>,
 }
 
 /// A connected client, as handlers and hooks see it.
@@ -124,12 +126,13 @@ impl fmt::Debug for Client {
 
 impl Client {
     pub(crate) fn new(
-        id: ClientId,
+        hub: &crate::hub::Hub,
         remote: SocketAddr,
         identity: Option<Arc<str>>,
         queue: usize,
-        metrics: Arc<Metrics>,
     ) -> (Client, OutRx) {
+        let id = hub.next_client_id();
+        let metrics = Arc::clone(hub.metrics());
         let inner = ClientInner {
             id,
             remote,
@@ -145,9 +148,15 @@ impl Client {
             connected_at: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
             metrics,
+            hub: Arc::downgrade(&hub.0),
         };
         let client = Client(Arc::new(inner));
         (client.clone(), OutRx(client))
+    }
+
+    /// The hub this client is connected to, while the server lives.
+    pub fn hub(&self) -> Option<crate::hub::Hub> {
+        self.0.hub.upgrade().map(crate::hub::Hub)
     }
 
     /// The client's id.
@@ -386,13 +395,8 @@ mod tests {
     use super::*;
 
     fn client(queue: usize) -> (Client, OutRx) {
-        Client::new(
-            ClientId(1),
-            "127.0.0.1:1".parse().unwrap(),
-            None,
-            queue,
-            Arc::new(Metrics::default()),
-        )
+        let hub = crate::hub::Hub::new();
+        Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, queue)
     }
 
     #[test]

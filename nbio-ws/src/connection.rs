@@ -120,13 +120,7 @@ pub(crate) async fn run(
     };
     let hub = &shared.hub;
     let metrics = Arc::clone(hub.metrics());
-    let (client, rx) = Client::new(
-        hub.next_client_id(),
-        remote,
-        identity,
-        shared.settings.send_buffer,
-        Arc::clone(&metrics),
-    );
+    let (client, rx) = Client::new(hub, remote, identity, shared.settings.send_buffer);
     hub.register(client.clone());
     metrics.connected();
     if shared

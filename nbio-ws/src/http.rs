@@ -45,6 +45,8 @@ pub struct WsEndpoint {
     pub(crate) shared: Arc<Shared>,
     pub(crate) path: Arc<str>,
     pub(crate) tracker: TaskTracker,
+    /// Static pages served with GET, by path.
+    pub(crate) pages: Arc<std::collections::HashMap<String, (&'static str, Bytes)>>,
 }
 
 impl std::fmt::Debug for WsEndpoint {
@@ -130,11 +132,25 @@ impl WsEndpoint {
     }
 
     /// Routes a plain HTTP request the way the standalone server does:
-    /// the WebSocket path, `GET /health`, `GET /metrics`, 404 otherwise.
+    /// the WebSocket path, the static pages given to
+    /// [`ServerBuilder::page`](crate::ServerBuilder::page), `GET /health`,
+    /// `GET /metrics`, 404 otherwise.
     pub fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
-        if path == &*self.path {
+        let page = self.pages.get(path);
+        if path == &*self.path
+            && (page.is_none() || fastwebsockets::upgrade::is_upgrade_request(&req))
+        {
             return self.upgrade(req, remote);
+        }
+        if let Some((content_type, body)) = page {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return method_not_allowed("GET, HEAD");
+            }
+            let mut res = Response::new(Full::new(body.clone()));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            return res;
         }
         match path {
             "/health" => {

@@ -48,6 +48,7 @@ pub(crate) struct HubInner {
     next_id: AtomicU64,
     instance_tag: u64,
     started: Instant,
+    pub(crate) rooms: crate::rooms::Rooms,
 }
 
 impl std::fmt::Debug for Hub {
@@ -82,6 +83,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             instance_tag,
             started: Instant::now(),
+            rooms: crate::rooms::Rooms::default(),
         }))
     }
 
@@ -104,8 +106,11 @@ impl Hub {
         self.0.clients.insert(client.id(), client);
     }
 
+    /// Removes a client and its room memberships.
     pub(crate) fn unregister(&self, id: ClientId) -> Option<Client> {
-        self.0.clients.remove(&id).map(|(_, c)| c)
+        let client = self.0.clients.remove(&id).map(|(_, c)| c);
+        self.0.rooms.leave_all(id);
+        client
     }
 
     /// How many clients are connected to this instance.
@@ -197,13 +202,7 @@ mod tests {
         let hub = Hub::new();
         let mut rxs = Vec::new();
         for _ in 0..3 {
-            let (c, rx) = Client::new(
-                hub.next_client_id(),
-                "127.0.0.1:1".parse().unwrap(),
-                None,
-                4,
-                Arc::clone(hub.metrics()),
-            );
+            let (c, rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, 4);
             hub.register(c);
             rxs.push(rx);
         }

@@ -44,6 +44,7 @@
 //! | [`http`] | `/ws` upgrade, `/health`, `/metrics`, 404/405; [`WsEndpoint`] for embedding |
 //! | [`connection`] | one WebSocket: reader, writer, ping/pong, limits, close codes |
 //! | [`hub`] | registry of clients, broadcast, send-to-one |
+//! | [`rooms`] | rooms, fan-out to a room, presence |
 //! | [`client`] | [`Client`]: id, identity, notify, close, extensions |
 //! | [`jsonrpc`] | wire types, parsing incl. batches, error codes |
 //! | [`router`] | method table, dispatch, extractors, the compile-time registry |
@@ -77,6 +78,7 @@ pub mod http;
 pub mod hub;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod rooms;
 pub mod router;
 pub mod server;
 
@@ -86,6 +88,7 @@ pub use connection::RawMessage;
 pub use http::WsEndpoint;
 pub use hub::Hub;
 pub use jsonrpc::RpcError;
+pub use rooms::{Member, PresenceEvent, RoomSender};
 pub use router::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
@@ -136,7 +139,6 @@ pub fn init_logging(config: &Config) {
 /// hub without sockets. Not a public API.
 #[doc(hidden)]
 pub mod __bench {
-    use std::sync::Arc;
 
     use crate::client::{Client, OutRx};
     use crate::connection::Mode;
@@ -156,13 +158,7 @@ pub mod __bench {
         pub fn new(builder: ServerBuilder) -> Self {
             let server = builder.build().expect("bench server builds");
             let hub = server.hub().clone();
-            let (client, rx) = Client::new(
-                hub.next_client_id(),
-                ([127, 0, 0, 1], 1).into(),
-                None,
-                1024,
-                Arc::clone(hub.metrics()),
-            );
+            let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, 1024);
             RpcFixture {
                 server,
                 client,
@@ -197,13 +193,7 @@ pub mod __bench {
             let hub = Hub::new();
             let mut rxs = Vec::with_capacity(n);
             for _ in 0..n {
-                let (c, rx) = Client::new(
-                    hub.next_client_id(),
-                    ([127, 0, 0, 1], 1).into(),
-                    None,
-                    queue,
-                    Arc::clone(hub.metrics()),
-                );
+                let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, queue);
                 hub.register(c);
                 rxs.push(rx);
             }

@@ -98,6 +98,7 @@ pub struct ServerBuilder {
     raw: Option<RawHandler>,
     max_inflight: usize,
     close_timeout: Duration,
+    pages: std::collections::HashMap<String, (&'static str, bytes::Bytes)>,
 }
 
 impl ServerBuilder {
@@ -112,6 +113,7 @@ impl ServerBuilder {
             raw: None,
             max_inflight: 64,
             close_timeout: Duration::from_secs(5),
+            pages: std::collections::HashMap::new(),
         }
     }
 
@@ -183,6 +185,27 @@ impl ServerBuilder {
     /// finishes.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
         self.max_inflight = n;
+        self
+    }
+
+    /// Serves a static page (HTML, JavaScript, CSS...) at `path` with GET,
+    /// on the same port as the WebSocket endpoint. The WebSocket path may
+    /// also carry a page: upgrade requests go to the endpoint, plain GETs
+    /// get the page.
+    ///
+    /// ```
+    /// let server = nbio_ws::Server::builder()
+    ///     .page("/", "text/html; charset=utf-8", "<!doctype html><p>hello</p>")
+    ///     .build();
+    /// assert!(server.is_ok());
+    /// ```
+    pub fn page(
+        mut self,
+        path: impl Into<String>,
+        content_type: &'static str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Self {
+        self.pages.insert(path.into(), (content_type, body.into()));
         self
     }
 
@@ -355,6 +378,7 @@ impl ServerBuilder {
             shared,
             path: Arc::from(self.config.path.as_str()),
             tracker: TaskTracker::new(),
+            pages: Arc::new(self.pages),
         };
         Ok(Server {
             endpoint,
