@@ -2,7 +2,7 @@
 //! and close codes — in one task per connection.
 //!
 //! The task owns the upgraded socket and selects over: more bytes from the
-//! client (the [`frame`](crate::frame) reader is cancel-safe), the
+//! client (the crate-private `frame` reader is cancel-safe), the
 //! client's outbound queue, close requests, and the ping timer. Handlers
 //! that finish at once run inline; handlers that wait are spawned, so
 //! requests of one connection run concurrently.
