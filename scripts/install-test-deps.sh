@@ -8,6 +8,7 @@ need_cmd() { command -v "$1" >/dev/null 2>&1 || missing_apt+=("$2"); }
 need_cmd redis-server redis-server
 need_cmd nats-server nats-server
 need_cmd nginx nginx
+need_cmd chromium chromium   # the chat page's browser test (examples/tests/chat_browser.rs)
 if [ ${#missing_apt[@]} -gt 0 ]; then
   echo "apt-get install ${missing_apt[*]}"
   apt-get update -qq
@@ -17,6 +18,20 @@ fi
 if ! command -v kosoku >/dev/null 2>&1; then
   echo "pip install kosoku"
   python3 -m pip install --quiet kosoku
+fi
+
+# playwright-core for that browser test; it drives Debian's chromium, so no
+# browser download.
+browser_test="$(cd "$(dirname "$0")/.." && pwd)/examples/chat/browser-test"
+if [ ! -d "$browser_test/node_modules/playwright-core" ]; then
+  echo "npm ci --prefix examples/chat/browser-test"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$browser_test" --no-audit --no-fund --silent
+fi
+
+# scripts/fuzz.sh (cargo-fuzz builds with nightly features: RUSTC_BOOTSTRAP=1).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "cargo install cargo-fuzz"
+  cargo install --quiet --locked cargo-fuzz
 fi
 
 for c in rustfmt clippy; do

@@ -221,3 +221,139 @@ async fn embed_example_serves_axum_routes_and_the_endpoint() {
     let (_, clients) = get(port, "/clients").await;
     assert_eq!(clients.trim(), "1");
 }
+
+/// A raw upgrade request; returns the response head.
+async fn upgrade_head(port: u16, target: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test]
+async fn seed_server_honours_the_security_variables() {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .env("WS_PORT", port.to_string())
+        .env("WS_LOG_LEVEL", "trace")
+        .env("WS_AUTH_ENABLED", "true")
+        .env("WS_BEARER_TOKENS", "alice:s3cret-example-token")
+        .env("WS_ALLOWED_ORIGINS", "http://localhost:3000")
+        .env("WS_MAX_CONNECTIONS_PER_IP", "1")
+        .env("WS_RATE_LIMIT_ENABLED", "true")
+        .env("WS_RATE_LIMIT_RATE", "1")
+        .env("WS_RATE_LIMIT_INTERVAL", "1m")
+        .env("WS_RATE_LIMIT_BURST", "2")
+        .env("WS_RATE_LIMIT_CLOSE_AFTER", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    // Drain the logs from the start: a full pipe would block the server.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    use std::io::Read;
+    let out = drain(proc.0.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(proc.0.stderr.take().map(|r| Box::new(r) as _));
+    wait_http(port, "/health").await;
+
+    let head = upgrade_head(port, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.contains("www-authenticate: Bearer"), "{head}");
+    let head = upgrade_head(
+        port,
+        "/ws?token=s3cret-example-token",
+        "Origin: https://evil.example\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    let url = format!("ws://127.0.0.1:{port}/ws?token=s3cret-example-token");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // One connection per address.
+    let head = upgrade_head(port, "/ws?token=s3cret-example-token", "").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+
+    // A burst of 2, then the rate limit, then 1008 after 3 in a row.
+    let mut replies = Vec::new();
+    for id in 1..=5 {
+        ws.send(Message::text(format!(
+            r#"{{"jsonrpc":"2.0","method":"self.reply","params":{{"text":"hi"}},"id":{id}}}"#
+        )))
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+        replies.push(v);
+    }
+    assert_eq!(replies[0]["result"]["echo"], "hi");
+    assert_eq!(replies[1]["result"]["echo"], "hi");
+    for (i, r) in replies[2..].iter().enumerate() {
+        assert_eq!(r["error"]["code"], -32029, "{r}");
+        assert_eq!(r["id"], i + 3, "{r}");
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    // The token never reached the logs, even at trace level.
+    drop(proc);
+    let logs = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(logs.contains("upgrade refused"), "{logs}");
+    assert!(!logs.contains("s3cret"), "{logs}");
+}
+
+#[test]
+fn bad_security_variables_stop_startup() {
+    for (vars, named) in [
+        (&[("WS_AUTH_ENABLED", "true")][..], "WS_AUTH_ENABLED"),
+        (
+            &[("WS_ALLOWED_ORIGINS", "example.com")][..],
+            "WS_ALLOWED_ORIGINS",
+        ),
+        (
+            &[("WS_TRUSTED_PROXIES", "10.0.0.0/99")][..],
+            "WS_TRUSTED_PROXIES",
+        ),
+        (&[("WS_RATE_LIMIT_BURST", "0")][..], "WS_RATE_LIMIT_BURST"),
+        (&[("WS_MAX_HEADER_SIZE", "100")][..], "WS_MAX_HEADER_SIZE"),
+        (&[("WS_TLS_ENABLED", "true")][..], "WS_TLS_"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{vars:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{vars:?}: {err}");
+    }
+}

@@ -14,6 +14,39 @@
 //! | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for queues to drain |
 //! | `WS_LOG_LEVEL` | `info` | `trace`, `debug`, `info`, `warn`, `error`, or a `tracing` filter |
 //! | `WS_LOG_FORMAT` | `text` | `text` or `json` |
+//! | `WS_PUBSUB_ENABLED` | `false` | use a broker to reach the clients of other instances |
+//! | `WS_PUBSUB_ADAPTER` | `local` | `local`, `redis` (feature `redis`) or `nats` (feature `nats`) |
+//! | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | the Redis of the `redis` adapter |
+//! | `WS_NATS_URL` | `nats://127.0.0.1:4222` | the NATS server(s) of the `nats` adapter |
+//! | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel/subject the instances share |
+//!
+//! See [`broker`](crate::broker) for what the pub/sub settings do.
+//!
+//! Security (see [`auth`](crate::auth), [`limits`](crate::limits),
+//! [`tls`](crate::tls) for the details and what a refused client sees):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WS_AUTH_ENABLED` | `false` | require a bearer token before the upgrade (401 without) |
+//! | `WS_BEARER_TOKENS` | — | accepted tokens, comma-separated; `name:token` names the identity |
+//! | `WS_JWT_SECRET` | — | HS256 secret for JWTs (feature `jwt`) |
+//! | `WS_JWT_PUBLIC_KEY` | — | PEM file of the RS256 public key for JWTs (feature `jwt`) |
+//! | `WS_JWT_AUDIENCE` | — | accepted JWT audiences, comma-separated |
+//! | `WS_JWT_ISSUER` | — | required JWT issuer |
+//! | `WS_ALLOWED_ORIGINS` | `*` | origins allowed to connect (403 otherwise); no `Origin` is allowed |
+//! | `WS_RATE_LIMIT_ENABLED` | `false` | per-connection token bucket |
+//! | `WS_RATE_LIMIT_RATE` | `100` | requests per interval |
+//! | `WS_RATE_LIMIT_INTERVAL` | `1m` | refill interval |
+//! | `WS_RATE_LIMIT_BURST` | `10` | bucket size |
+//! | `WS_RATE_LIMIT_CLOSE_AFTER` | `50` | limited requests in a row before close 1008 (0: never) |
+//! | `WS_MAX_CONNECTIONS` | `0` (none) | connections at once (503 past it) |
+//! | `WS_MAX_CONNECTIONS_PER_IP` | `0` (none) | connections per address (429 past it) |
+//! | `WS_TRUSTED_PROXIES` | — | IPs/CIDRs whose `X-Forwarded-For` is believed |
+//! | `WS_HANDSHAKE_TIMEOUT` | `10s` | time allowed for the request headers (and TLS) |
+//! | `WS_MAX_HEADER_SIZE` | `32KiB` | largest request head (431 past it; at least 8KiB) |
+//! | `WS_MAX_PENDING_HANDSHAKES` | `1024` | connections not yet upgraded (503 past it; 0: none) |
+//! | `WS_TLS_ENABLED` | `false` | serve TLS (feature `tls`) |
+//! | `WS_TLS_CERT` / `WS_TLS_KEY` | — | PEM certificate chain / private key |
 //!
 //! Durations are written `500ms`, `10s`, `1m`, `1h` (a bare number is
 //! seconds). Sizes accept a plain byte count or a `KiB`/`MiB` suffix.
@@ -83,6 +116,16 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Pub/sub broker for scale-out (`WS_PUBSUB_*`, `WS_REDIS_URL`,
+    /// `WS_NATS_URL`).
+    pub pubsub: crate::broker::PubSubConfig,
+    /// Authentication and allowed origins (`WS_AUTH_*`, `WS_BEARER_TOKENS`,
+    /// `WS_JWT_*`, `WS_ALLOWED_ORIGINS`). Secrets print as `<redacted>`.
+    pub auth: crate::auth::AuthConfig,
+    /// Rate limits, connection caps, trusted proxies, handshake limits.
+    pub limits: crate::limits::LimitsConfig,
+    /// TLS (`WS_TLS_*`).
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -98,6 +141,10 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            pubsub: crate::broker::PubSubConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -171,6 +218,10 @@ impl Config {
                     }
                 })?
                 .unwrap_or(d.log_format),
+            pubsub: crate::broker::PubSubConfig::from_env(&env)?,
+            auth: crate::auth::AuthConfig::from_env(&env)?,
+            limits: crate::limits::LimitsConfig::from_env(&env)?,
+            tls: crate::tls::TlsConfig::from_env(&env)?,
         };
         Ok(cfg)
     }

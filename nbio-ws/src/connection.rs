@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub on_disconnect: Option<Hook>,
     /// Set when graceful shutdown starts.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Origin, caps, authentication and rate-limit settings.
+    pub gate: crate::gate::Gate,
 }
 
 /// Runs a connection from the completed upgrade until it is closed.
@@ -108,6 +110,8 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     remote: SocketAddr,
     identity: Option<Arc<str>>,
+    // Counted against the connection caps until this function returns.
+    _slot: crate::limits::ConnectionSlot,
 ) {
     let mut io = match upgrade.await {
         // Only the upgraded socket is kept: frames are read and written by
@@ -144,6 +148,7 @@ pub(crate) async fn run(
         writer: FrameWriter::new(),
         assembler: Assembler::new(shared.settings.max_message_size),
         inflight: Arc::new(Semaphore::new(shared.settings.max_inflight.max(1))),
+        limiter: shared.gate.rate_limiter(),
     }
     .drive()
     .await;
@@ -183,6 +188,8 @@ struct Conn<'a> {
     writer: FrameWriter,
     assembler: Assembler,
     inflight: Arc<Semaphore>,
+    /// The connection's rate limit, if rate limiting is on.
+    limiter: Option<crate::limits::RateLimiter>,
 }
 
 /// The socket failed or the connection was aborted.
@@ -303,7 +310,14 @@ impl Conn<'_> {
                 match self.assembler.push(frame) {
                     Ok(None) => Ok(Flow::Continue),
                     Ok(Some(msg)) => {
-                        on_message(msg, self.client, self.shared, &self.inflight).await;
+                        on_message(
+                            msg,
+                            self.client,
+                            self.shared,
+                            &self.inflight,
+                            &mut self.limiter,
+                        )
+                        .await;
                         // A burst of requests must not overflow the client's own
                         // queue with its replies: write them as they pile up.
                         if self.rx.len() >= 32 {
@@ -389,7 +403,7 @@ async fn abortable(
 
 /// Validates a close frame's payload: the peer's code (`None` for an empty
 /// payload), or the violation.
-fn close_event(payload: &[u8]) -> Result<Option<u16>, Violation> {
+pub(crate) fn close_event(payload: &[u8]) -> Result<Option<u16>, Violation> {
     match payload.len() {
         0 => Ok(None),
         1 => Err(Violation(1002, "close frame with a 1-byte payload")),
@@ -414,7 +428,7 @@ fn valid_close_code(code: u16) -> bool {
 /// Reassembles fragmented messages, enforcing the size limit on the whole
 /// message and validating UTF-8 as fragments arrive (so an invalid text
 /// message fails fast).
-struct Assembler {
+pub(crate) struct Assembler {
     max: usize,
     partial: Option<Partial>,
 }
@@ -429,11 +443,11 @@ struct Partial {
 const INVALID_UTF8: Violation = Violation(1007, "invalid UTF-8 in a text message");
 
 impl Assembler {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Assembler { max, partial: None }
     }
 
-    fn push(&mut self, frame: InFrame) -> Result<Option<RawMessage>, Violation> {
+    pub(crate) fn push(&mut self, frame: InFrame) -> Result<Option<RawMessage>, Violation> {
         let payload = frame.payload;
         match (frame.opcode, self.partial.as_mut()) {
             (OpCode::Text | OpCode::Binary, Some(_)) => {
@@ -510,9 +524,40 @@ fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), Violation> {
     }
 }
 
-async fn on_message(msg: RawMessage, client: &Client, shared: &Shared, inflight: &Arc<Semaphore>) {
+async fn on_message(
+    msg: RawMessage,
+    client: &Client,
+    shared: &Shared,
+    inflight: &Arc<Semaphore>,
+    limiter: &mut Option<crate::limits::RateLimiter>,
+) {
     shared.hub.metrics().message_in();
+    // Every request (each element of a batch) costs a token; see `limits`.
+    let mut admit = |metrics: &crate::metrics::Metrics| -> Option<RpcError> {
+        let e = limiter.as_mut()?.admit().err()?;
+        metrics.incr("rate_limited_requests");
+        Some(e)
+    };
+    on_message_inner(msg, client, shared, inflight, &mut admit).await;
+    if limiter.as_ref().is_some_and(|l| l.exhausted()) && !client.is_closed() {
+        shared.hub.metrics().incr("rate_limit_disconnects");
+        tracing::debug!(client = %client.id(), "rate limit exceeded repeatedly: closing (1008)");
+        client.close(1008, "rate limit exceeded");
+    }
+}
+
+async fn on_message_inner(
+    msg: RawMessage,
+    client: &Client,
+    shared: &Shared,
+    inflight: &Arc<Semaphore>,
+    admit: &mut (dyn FnMut(&crate::metrics::Metrics) -> Option<RpcError> + Send),
+) {
+    let metrics = shared.hub.metrics();
     match &shared.mode {
+        Mode::Raw(_) if admit(metrics).is_some() => {
+            // A rate-limited raw message is dropped.
+        }
         Mode::Raw(handler) => {
             let outcome = AssertUnwindSafe(handler(client.clone(), msg))
                 .catch_unwind()
@@ -529,15 +574,18 @@ async fn on_message(msg: RawMessage, client: &Client, shared: &Shared, inflight:
                     Err(_) => return,
                 },
                 RawMessage::Binary(_) => {
-                    let e = RpcError::invalid_request(
-                        "binary frames are not accepted: send JSON-RPC in text frames",
-                    );
+                    let e = admit(metrics).unwrap_or_else(|| {
+                        RpcError::invalid_request(
+                            "binary frames are not accepted: send JSON-RPC in text frames",
+                        )
+                    });
                     shared.hub.metrics().error(e.kind());
                     let _ = client.send_text(jsonrpc::encode_error(&Id::null(), &e));
                     return;
                 }
             };
-            let (_count, fut) = router.dispatch(text, client, &shared.hub);
+            let (_count, fut) =
+                router.dispatch_with(text, client, &shared.hub, &mut || admit(metrics));
             let mut fut = Box::pin(fut);
             // Most handlers finish without waiting: poll once here and only
             // spawn a task for those that do wait. Requests that wait run

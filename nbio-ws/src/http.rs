@@ -34,7 +34,7 @@ pub type Body = Full<Bytes>;
 ///     .route("/", get(|| async { "hello" }))
 ///     .route("/ws", get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
 ///         let ws = ws.clone();
-///         async move { ws.upgrade(req, peer) }
+///         async move { ws.upgrade(req, peer).await }
 ///     }));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
@@ -89,8 +89,16 @@ impl WsEndpoint {
     /// new task. Anything that is not a valid upgrade gets an HTTP error:
     /// 405 for a method other than GET, 426 for a request without the
     /// upgrade headers or with a WebSocket version other than 13, 400 for a
-    /// missing key, 503 while the server shuts down.
-    pub fn upgrade<B>(&self, mut req: Request<B>, remote: SocketAddr) -> Response<Body> {
+    /// missing key, 503 while the server shuts down. Then come the security
+    /// checks (see [`auth`](crate::auth) and [`limits`](crate::limits)):
+    /// 403 for an origin not allowed, 503 at the connection cap, 429 at the
+    /// per-address cap, 401 (or the authenticator's answer) without valid
+    /// credentials.
+    ///
+    /// `remote` is the TCP peer; with trusted proxies configured, the
+    /// client's address is taken from `X-Forwarded-For` when the peer is
+    /// one of them.
+    pub async fn upgrade<B>(&self, mut req: Request<B>, remote: SocketAddr) -> Response<Body> {
         if req.method() != Method::GET {
             return method_not_allowed("GET");
         }
@@ -106,6 +114,10 @@ impl WsEndpoint {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
         }
+        let admitted = match self.shared.gate.admit(&mut req, remote).await {
+            Ok(a) => a,
+            Err(refusal) => return refusal,
+        };
         let (res, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(pair) => pair,
             Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
@@ -125,9 +137,19 @@ impl WsEndpoint {
             }
         };
         let shared = Arc::clone(&self.shared);
-        self.tracker
-            .spawn(connection::run(fut, shared, remote, None));
-        let (parts, _) = res.into_parts();
+        self.tracker.spawn(connection::run(
+            fut,
+            shared,
+            admitted.remote,
+            admitted.identity,
+            admitted.slot,
+        ));
+        let (mut parts, _) = res.into_parts();
+        if let Some(protocol) = admitted.subprotocol {
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
         Response::from_parts(parts, Full::new(Bytes::new()))
     }
 
@@ -135,13 +157,13 @@ impl WsEndpoint {
     /// the WebSocket path, the static pages given to
     /// [`ServerBuilder::page`](crate::ServerBuilder::page), `GET /health`,
     /// `GET /metrics`, 404 otherwise.
-    pub fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         let page = self.pages.get(path);
         if path == &*self.path
             && (page.is_none() || fastwebsockets::upgrade::is_upgrade_request(&req))
         {
-            return self.upgrade(req, remote);
+            return self.upgrade(req, remote).await;
         }
         if let Some((content_type, body)) = page {
             if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -170,14 +192,30 @@ impl WsEndpoint {
     }
 
     /// The `/health` response: `{"status":"healthy","uptime_seconds":...,"connected_clients":...}`.
+    ///
+    /// With a broker, a `"broker":{"adapter":"redis","connected":true}`
+    /// field is added, and while the broker is unreachable the status is
+    /// `"degraded"` — still HTTP 200, since the instance keeps serving its
+    /// own clients. Only shutdown answers 503.
     pub fn health(&self) -> Response<Body> {
         let hub = &self.shared.hub;
         let shutting_down = self.shared.shutting_down.load(Ordering::Acquire);
-        let body = serde_json::json!({
-            "status": if shutting_down { "shutting_down" } else { "healthy" },
+        let broker = hub.broker_health();
+        let status = if shutting_down {
+            "shutting_down"
+        } else if broker.is_some_and(|b| !b.connected) {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        let mut body = serde_json::json!({
+            "status": status,
             "uptime_seconds": hub.started_at().elapsed().as_secs(),
             "connected_clients": hub.len(),
         });
+        if let Some(b) = broker {
+            body["broker"] = serde_json::json!(b);
+        }
         let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
         if shutting_down {
             *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -192,7 +230,16 @@ impl WsEndpoint {
     /// The `/metrics` response, in the Prometheus text format.
     pub fn metrics(&self) -> Response<Body> {
         let hub = &self.shared.hub;
-        let body = hub.metrics().render(hub.len(), hub.started_at().elapsed());
+        let mut body = hub.metrics().render(hub.len(), hub.started_at().elapsed());
+        if let Some(b) = hub.broker_health() {
+            body.push_str(&format!(
+                "# HELP nbio_ws_broker_connected Whether the pub/sub broker is reachable (adapter {}).\n\
+                 # TYPE nbio_ws_broker_connected gauge\nnbio_ws_broker_connected {}\n",
+                b.adapter,
+                u8::from(b.connected)
+            ));
+        }
+        body.push_str(&self.shared.gate.stats().render());
         let mut res = Response::new(Full::new(Bytes::from(body)));
         res.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -6,6 +6,11 @@
 //! recipient's queue shares; fanning out costs one atomic increment and one
 //! non-blocking queue push per client. A client whose queue is full is
 //! disconnected (close 1008) rather than waited for.
+//!
+//! With a [`broker`](crate::broker) attached, a broadcast is also put on
+//! the hub's ordered publish queue (never waiting for the network) and
+//! reaches the clients of the other instances; [`Hub::send_to`] reaches a
+//! client connected to another instance the same way.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +52,11 @@ pub(crate) struct HubInner {
     pub(crate) metrics: Arc<Metrics>,
     next_id: AtomicU64,
     instance_tag: u64,
+    /// Random id of this instance in broker envelopes.
+    instance_id: u64,
     started: Instant,
     pub(crate) rooms: crate::rooms::Rooms,
+    broker: std::sync::OnceLock<crate::broker::link::Link>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -76,14 +84,17 @@ impl Hub {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default(),
         );
-        let instance_tag = (h.finish() & 0x1F_FFFF).max(1);
+        let instance_id = h.finish();
+        let instance_tag = (instance_id & 0x1F_FFFF).max(1);
         Hub(Arc::new(HubInner {
             clients: DashMap::new(),
             metrics,
             next_id: AtomicU64::new(1),
             instance_tag,
+            instance_id,
             started: Instant::now(),
             rooms: crate::rooms::Rooms::default(),
+            broker: std::sync::OnceLock::new(),
         }))
     }
 
@@ -95,6 +106,51 @@ impl Hub {
     /// When the hub was created.
     pub fn started_at(&self) -> Instant {
         self.0.started
+    }
+
+    /// This instance's random id: tags what it publishes through the
+    /// broker, so that it can skip its own messages when they come back.
+    pub fn instance_id(&self) -> u64 {
+        self.0.instance_id
+    }
+
+    /// The broker's adapter and state, if one is attached (`/health`
+    /// shows it).
+    pub fn broker_health(&self) -> Option<crate::broker::BrokerStatus> {
+        self.0.broker.get().map(|l| l.status())
+    }
+
+    /// Attaches a broker (once; later calls are ignored) and starts its
+    /// tasks if a tokio runtime is running.
+    pub(crate) fn attach_broker(
+        &self,
+        broker: std::sync::Arc<dyn crate::broker::Broker>,
+        channel: &str,
+    ) {
+        let link = crate::broker::link::Link::new(
+            broker,
+            channel,
+            self.0.instance_id,
+            Arc::clone(&self.0.metrics),
+        );
+        if self.0.broker.set(link).is_ok() {
+            self.start_broker();
+        }
+    }
+
+    /// Starts the broker's tasks if they are not running yet.
+    pub(crate) fn start_broker(&self) {
+        if let Some(link) = self.0.broker.get() {
+            link.start(self);
+        }
+    }
+
+    /// Publishes what is still queued (within a bound) and stops the
+    /// broker's tasks.
+    pub(crate) async fn stop_broker(&self) {
+        if let Some(link) = self.0.broker.get() {
+            link.stop().await;
+        }
     }
 
     pub(crate) fn next_client_id(&self) -> ClientId {
@@ -144,7 +200,9 @@ impl Hub {
     }
 
     /// Sends the notification `method(params)` to every connected client,
-    /// serialized once. Returns how many clients it was queued for.
+    /// serialized once. Returns how many clients of this instance it was
+    /// queued for; with a broker it is also queued for publishing to the
+    /// other instances (without waiting for the network).
     pub fn broadcast<P: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -154,9 +212,18 @@ impl Hub {
         Ok(self.broadcast_text(bytes))
     }
 
-    /// Queues an already encoded text message for every connected client.
-    /// Returns how many clients it was queued for.
+    /// Queues an already encoded text message for every connected client
+    /// (and, with a broker, publishes it for the clients of the other
+    /// instances). Returns how many local clients it was queued for.
     pub fn broadcast_text(&self, bytes: Bytes) -> usize {
+        if let Some(link) = self.0.broker.get() {
+            link.queue(crate::broker::envelope::Entry::Broadcast(bytes.clone()));
+        }
+        self.deliver_local(bytes)
+    }
+
+    /// Fans a message out to this instance's clients only.
+    pub(crate) fn deliver_local(&self, bytes: Bytes) -> usize {
         self.0.metrics.broadcast();
         let mut delivered = 0;
         for c in self.0.clients.iter() {
@@ -168,14 +235,30 @@ impl Hub {
     }
 
     /// Sends the notification `method(params)` to one client.
+    ///
+    /// Without a broker the client must be connected to this instance
+    /// ([`SendError::NotFound`] otherwise). With a broker, a client that is
+    /// not here but may be on another instance (its id was not issued by
+    /// this one) is reached through the broker: `Ok(())` then means
+    /// "published", and a message for a client connected nowhere is
+    /// dropped silently.
     pub fn send_to<P: Serialize + ?Sized>(
         &self,
         id: ClientId,
         method: &str,
         params: &P,
     ) -> Result<(), SendError> {
-        let client = self.get(id).ok_or(SendError::NotFound(id))?;
-        client.notify(method, params)
+        if let Some(client) = self.get(id) {
+            return client.notify(method, params);
+        }
+        match self.0.broker.get() {
+            Some(link) if id.0 >> 32 != self.0.instance_tag => {
+                let bytes = jsonrpc::encode_notification(method, params)?;
+                link.queue(crate::broker::envelope::Entry::Direct(id, bytes));
+                Ok(())
+            }
+            _ => Err(SendError::NotFound(id)),
+        }
     }
 
     /// Closes every connected client with the given code and reason,

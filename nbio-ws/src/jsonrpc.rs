@@ -27,6 +27,10 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// Internal error, including a handler that panicked (`-32603`).
 pub const INTERNAL_ERROR: i64 = -32603;
+/// The connection's rate limit refused the request (`-32029`, in the
+/// server-error range); `data.retry_after_ms` says when to try again. See
+/// [`limits`](crate::limits).
+pub const RATE_LIMITED: i64 = -32029;
 
 /// A JSON-RPC error object: what a handler returns to fail a request.
 ///
@@ -97,6 +101,20 @@ impl RpcError {
         Self::new(INTERNAL_ERROR, "Internal error").with_detail(detail)
     }
 
+    /// `-32029 Rate limit exceeded`, with `data.retry_after_ms`: how long
+    /// until the connection's rate limit admits a request again.
+    ///
+    /// ```
+    /// let e = nbio_ws::RpcError::rate_limited(std::time::Duration::from_millis(1500));
+    /// assert_eq!(e.code, nbio_ws::jsonrpc::RATE_LIMITED);
+    /// assert_eq!(e.data.unwrap()["retry_after_ms"], 1500);
+    /// ```
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let ms = u64::try_from(retry_after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        Self::new(RATE_LIMITED, "Rate limit exceeded")
+            .with_data(serde_json::json!({ "retry_after_ms": ms }))
+    }
+
     fn with_detail(self, detail: impl fmt::Display) -> Self {
         self.with_data(serde_json::json!({ "detail": detail.to_string() }))
     }
@@ -110,6 +128,7 @@ impl RpcError {
             METHOD_NOT_FOUND => "method_not_found",
             INVALID_PARAMS => "invalid_params",
             INTERNAL_ERROR => "internal_error",
+            RATE_LIMITED => "rate_limited",
             _ => "application",
         }
     }

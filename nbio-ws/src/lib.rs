@@ -48,13 +48,19 @@
 //! | [`client`] | [`Client`]: id, identity, notify, close, extensions |
 //! | [`jsonrpc`] | wire types, parsing incl. batches, error codes |
 //! | [`router`] | method table, dispatch, extractors, the compile-time registry |
+//! | [`broker`] | scale-out: the [`Broker`] trait; `local`, `redis` and `nats` backends |
+//! | [`auth`] | authentication before the upgrade ([`Authenticator`](auth::Authenticator), bearer tokens, JWT), the origin allow-list |
+//! | [`limits`] | rate limiting, connection caps, trusted proxies, handshake limits |
+//! | [`tls`] | `wss://` with rustls (`tls` feature) |
 //! | [`config`] | [`Config`] and the `WS_*` variables |
 //! | [`metrics`] | counters and the Prometheus text format |
 //!
 //! Data flows one way: socket → `connection` → `jsonrpc` parse → `router`
 //! dispatch → handler → reply into the client's bounded outbound queue →
 //! writer task → socket. A broadcast is serialized once and the bytes are
-//! shared by every recipient's queue.
+//! shared by every recipient's queue; with a [`broker`] configured, the
+//! same bytes also go, through one ordered queue per hub, to the other
+//! instances of the server.
 //!
 //! ## JSON-RPC semantics
 //!
@@ -62,29 +68,37 @@
 //! Errors: `-32700` (unparsable JSON, id `null`), `-32600` (invalid request
 //! object, empty batch, binary frame), `-32601` (unknown method),
 //! `-32602` (params that do not fit, with `data.detail`), `-32603` (a
-//! handler that failed internally or panicked). The connection stays open
-//! after each of them. Requests of one connection may run concurrently;
+//! handler that failed internally or panicked), `-32029` (refused by the
+//! connection's rate limit, with `data.retry_after_ms`; see [`limits`]).
+//! The connection stays open after each of them. Requests of one connection may run concurrently;
 //! each response carries its request's id, echoed exactly.
 
 #![warn(missing_docs)]
 
 extern crate self as nbio_ws;
 
+pub mod auth;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
 mod frame;
+mod gate;
 pub mod http;
 pub mod hub;
 pub mod jsonrpc;
+pub mod limits;
 pub mod metrics;
 pub mod rooms;
 pub mod router;
 pub mod server;
+pub mod tls;
 
+pub use broker::{Broker, PubSubConfig};
 pub use client::{Client, ClientId, SendError};
 pub use config::{Config, ConfigError, LogFormat};
 pub use connection::RawMessage;
+pub use gate::SecurityStats;
 pub use http::WsEndpoint;
 pub use hub::Hub;
 pub use jsonrpc::RpcError;
@@ -134,6 +148,13 @@ pub fn init_logging(config: &Config) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Hooks for the cargo-fuzz targets in `nbio-ws/fuzz/`: arbitrary bytes
+/// into the JSON-RPC decoder, the dispatcher and the connection's message
+/// path. Not a public API.
+#[doc(hidden)]
+#[path = "fuzz_hooks.rs"]
+pub mod __fuzz;
 
 /// Hooks for the criterion benches in `benches/`: drive the router and the
 /// hub without sockets. Not a public API.

@@ -118,7 +118,18 @@ impl Metrics {
     /// Increments a named counter exposed as `nbio_ws_<name>_total`.
     /// Used by optional subsystems (brokers, limits).
     pub fn incr(&self, name: &'static str) {
-        self.extra.entry(name).or_default().fetch_add(1, Relaxed);
+        self.add(name, 1);
+    }
+
+    /// Adds `n` to a named counter exposed as `nbio_ws_<name>_total`
+    /// (`n = 0` makes the series appear at zero).
+    pub fn add(&self, name: &'static str, n: u64) {
+        self.extra.entry(name).or_default().fetch_add(n, Relaxed);
+    }
+
+    /// The value of a named counter (see [`Metrics::incr`]).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.extra.get(name).map_or(0, |v| v.load(Relaxed))
     }
 
     /// Connections accepted since start.

@@ -429,20 +429,53 @@ impl Router {
         client: &Client,
         hub: &Hub,
     ) -> (usize, impl Future<Output = Option<Bytes>> + Send + 'static) {
+        self.dispatch_with(text, client, hub, &mut || None)
+    }
+
+    /// A request refused by `admit` (the rate limiter) is answered with
+    /// the error it returns instead of running.
+    fn admitted_job(
+        &self,
+        parsed: Parsed<'_>,
+        client: &Client,
+        hub: &Hub,
+        admit: &mut dyn FnMut() -> Option<RpcError>,
+    ) -> Job {
+        match admit() {
+            None => self.job(parsed, client, hub),
+            Some(e) => {
+                let id = match parsed {
+                    Parsed::Invalid(id, _) => Some(id),
+                    Parsed::Request(req) => req.id,
+                };
+                Job::Error(id, e)
+            }
+        }
+    }
+
+    /// Like [`Router::dispatch`], asking `admit` before each request (each
+    /// element of a batch, and an unparsable message counts as one).
+    pub(crate) fn dispatch_with(
+        &self,
+        text: &str,
+        client: &Client,
+        hub: &Hub,
+        admit: &mut dyn FnMut() -> Option<RpcError>,
+    ) -> (usize, impl Future<Output = Option<Bytes>> + Send + 'static) {
         enum Work {
             One(Job),
             Many(Vec<Job>),
             Fail(RpcError),
         }
         let work = match jsonrpc::parse(text) {
-            Message::Single(p) => Work::One(self.job(p, client, hub)),
+            Message::Single(p) => Work::One(self.admitted_job(p, client, hub, admit)),
             Message::Batch(items) => Work::Many(
                 items
                     .into_iter()
-                    .map(|p| self.job(p, client, hub))
+                    .map(|p| self.admitted_job(p, client, hub, admit))
                     .collect(),
             ),
-            Message::Error(e) => Work::Fail(e),
+            Message::Error(e) => Work::Fail(admit().unwrap_or(e)),
         };
         let count = match &work {
             Work::One(_) | Work::Fail(_) => 1,

@@ -47,6 +47,15 @@ pub enum BuildError {
     /// A limit was set to zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// The pub/sub broker cannot be set up (an adapter whose cargo feature
+    /// is not compiled in, an invalid URL or channel).
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    /// A security setting cannot be used: an unreadable TLS certificate or
+    /// JWT key, TLS without the `tls` feature, an origin or proxy that does
+    /// not parse, a header limit under 8 KiB.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Why the server stopped with an error.
@@ -89,7 +98,7 @@ pub enum ServeError {
 /// }
 /// ```
 pub struct ServerBuilder {
-    config: Config,
+    pub(crate) config: Config,
     methods: Vec<(String, ErasedHandler, String)>,
     use_registry: bool,
     state: StateMap,
@@ -99,6 +108,11 @@ pub struct ServerBuilder {
     max_inflight: usize,
     close_timeout: Duration,
     pages: std::collections::HashMap<String, (&'static str, bytes::Bytes)>,
+    broker: Option<Arc<dyn crate::broker::Broker>>,
+    /// A custom authenticator (see [`crate::auth`]).
+    pub(crate) authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
+    /// A security setting given to the builder that does not parse.
+    pub(crate) security_error: Option<String>,
 }
 
 impl ServerBuilder {
@@ -114,6 +128,9 @@ impl ServerBuilder {
             max_inflight: 64,
             close_timeout: Duration::from_secs(5),
             pages: std::collections::HashMap::new(),
+            broker: None,
+            authenticator: None,
+            security_error: None,
         }
     }
 
@@ -209,6 +226,43 @@ impl ServerBuilder {
         self
     }
 
+    /// Pub/sub settings for scale-out (what `WS_PUBSUB_*` set): with
+    /// `enabled`, `build` creates the chosen adapter's broker, which
+    /// connects in the background. See [`broker`](crate::broker).
+    ///
+    /// ```
+    /// use nbio_ws::broker::PubSubConfig;
+    ///
+    /// let built = nbio_ws::Server::builder()
+    ///     .pubsub(PubSubConfig::redis("redis://127.0.0.1:6379/0").channel("chat"))
+    ///     .build();
+    /// // Without the `redis` feature, `build` names the missing feature.
+    /// assert_eq!(built.is_ok(), cfg!(feature = "redis"));
+    /// ```
+    pub fn pubsub(mut self, pubsub: crate::broker::PubSubConfig) -> Self {
+        self.config.pubsub = pubsub;
+        self
+    }
+
+    /// Uses this broker (one of [`broker`](crate::broker)'s, or your own
+    /// [`Broker`](crate::broker::Broker)) instead of the one the pub/sub
+    /// settings name, on the configured channel.
+    ///
+    /// ```
+    /// use nbio_ws::broker::LocalBroker;
+    ///
+    /// // Two servers in one process that see each other's broadcasts.
+    /// let shared = LocalBroker::new();
+    /// let a = nbio_ws::Server::builder().broker(shared.clone()).build().unwrap();
+    /// let b = nbio_ws::Server::builder().broker(shared).build().unwrap();
+    /// assert!(a.hub().broker_health().is_some());
+    /// # drop(b);
+    /// ```
+    pub fn broker<B: crate::broker::Broker>(mut self, broker: B) -> Self {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
     /// Shared state, available to handlers through [`State<T>`](crate::State).
     /// One value per type.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
@@ -300,8 +354,10 @@ impl ServerBuilder {
     }
 
     /// Checks the configuration and builds the server. Fails on a method
-    /// name registered twice, a path without a leading `/`, or a zero
-    /// limit.
+    /// name registered twice, a path without a leading `/`, a zero
+    /// limit, or pub/sub settings that cannot work (an adapter that is not
+    /// compiled in, an invalid URL). A broker that is merely unreachable
+    /// does not fail the build: it is retried in the background.
     pub fn build(self) -> Result<Server, BuildError> {
         let cfg = &self.config;
         if !cfg.path.starts_with('/') {
@@ -347,8 +403,22 @@ impl ServerBuilder {
             }
         }
 
+        let broker = match self.broker {
+            Some(b) => {
+                cfg.pubsub
+                    .validate()
+                    .map_err(crate::broker::BrokerError::from)?;
+                Some(b)
+            }
+            None if cfg.pubsub.enabled => Some(crate::broker::from_config(&cfg.pubsub)?),
+            None => None,
+        };
+
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
+        if let Some(b) = broker {
+            hub.attach_broker(b, &cfg.pubsub.channel);
+        }
         let mode = match self.raw {
             Some(raw) => Mode::Raw(raw),
             None => Mode::Rpc(Router::new(
@@ -357,6 +427,18 @@ impl ServerBuilder {
                 metrics,
             )),
         };
+        if let Some(e) = self.security_error {
+            return Err(BuildError::Security(e));
+        }
+        if cfg.limits.max_header_size < crate::limits::MIN_HEADER_SIZE {
+            return Err(BuildError::Security(format!(
+                "max_header_size must be at least {} bytes",
+                crate::limits::MIN_HEADER_SIZE
+            )));
+        }
+        let tls = crate::tls::Tls::new(&cfg.tls).map_err(BuildError::Security)?;
+        let gate = crate::gate::Gate::new(cfg, self.authenticator, Arc::clone(hub.metrics()))
+            .map_err(BuildError::Security)?;
         let settings = Settings {
             max_message_size: cfg.max_message_size,
             send_buffer: cfg.send_buffer,
@@ -373,6 +455,7 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             shutting_down: AtomicBool::new(false),
+            gate,
         });
         let endpoint = WsEndpoint {
             shared,
@@ -383,6 +466,7 @@ impl ServerBuilder {
         Ok(Server {
             endpoint,
             config: self.config,
+            tls,
         })
     }
 }
@@ -398,6 +482,7 @@ impl ServerBuilder {
 pub struct Server {
     endpoint: WsEndpoint,
     config: Config,
+    tls: crate::tls::Tls,
 }
 
 impl std::fmt::Debug for Server {
@@ -482,15 +567,19 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, path = %self.config.path, "listening");
+            tracing::info!(%addr, path = %self.config.path, tls = self.tls.enabled(), "listening");
         }
+        self.hub().start_broker();
         // HTTP connections not (yet) upgraded: told to finish on shutdown.
         let http_stop = tokio_util::sync::CancellationToken::new();
         let http_tasks = TaskTracker::new();
         let mut http = http1::Builder::new();
+        let limits = &self.config.limits;
         http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(limits.handshake_timeout)
+            .max_buf_size(limits.max_header_size.max(crate::limits::MIN_HEADER_SIZE))
             .keep_alive(true);
+        let handshake_timeout = limits.handshake_timeout;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -508,14 +597,42 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    // A permit per connection not yet upgraded (see `limits`).
+                    let permit = match &self.endpoint.shared.gate.pending {
+                        None => None,
+                        Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                self.hub().metrics().incr("pending_handshake_rejections");
+                                tracing::debug!(%remote, "too many handshakes in progress: refused");
+                                http_tasks.spawn(crate::limits::refuse_busy(stream));
+                                continue;
+                            }
+                        },
+                    };
                     let endpoint = self.endpoint.clone();
-                    let service = service_fn(move |req| {
-                        let res = endpoint.handle(req, remote);
-                        async move { Ok::<_, Infallible>(res) }
-                    });
-                    let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let http = http.clone();
+                    let tls = self.tls.clone();
                     let stop = http_stop.clone();
                     http_tasks.spawn(async move {
+                        // Released when the connection is upgraded or closed.
+                        let _permit = permit;
+                        let io = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(io)) => io,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let service = service_fn(move |req| {
+                            let endpoint = endpoint.clone();
+                            async move { Ok::<_, Infallible>(endpoint.handle(req, remote).await) }
+                        });
+                        let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
                         tokio::pin!(conn);
                         let result = tokio::select! {
                             r = conn.as_mut() => r,
@@ -560,6 +677,7 @@ impl Server {
                 "shutdown timeout: dropping remaining connections"
             );
         }
+        self.hub().stop_broker().await;
         tracing::info!("stopped");
     }
 }

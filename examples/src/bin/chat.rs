@@ -129,7 +129,11 @@ async fn join(
         }
     }
     client.insert_extension(Nick(p.nick.clone()));
-    client.join_with(&p.room, json!({ "nick": p.nick }));
+    // Joining a room again is harmless: the same reply, and no second
+    // `chat.joined` for the others (the hub announces every join_with).
+    if !client.in_room(&p.room) {
+        client.join_with(&p.room, json!({ "nick": p.nick }));
+    }
     Ok(json!({
         "room": p.room,
         "members": nicks(&hub.members(&p.room).await),

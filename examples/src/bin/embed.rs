@@ -47,7 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(
                 move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
                     let ws = ws.clone();
-                    async move { ws.upgrade(req, peer) }
+                    // Async: origin, caps and the authenticator run first.
+                    async move { ws.upgrade(req, peer).await }
                 },
             ),
         );

@@ -7,6 +7,16 @@
 //! > {"jsonrpc":"2.0","method":"self.reply","params":{"text":"hi"},"id":1}
 //! < {"jsonrpc":"2.0","result":{"echo":"hi","text_length":2},"id":1}
 //! ```
+//!
+//! Several instances share broadcasts through Redis or NATS when built
+//! with the `redis`/`nats` features (`--all-features` gives both):
+//!
+//! ```text
+//! WS_PUBSUB_ENABLED=true WS_PUBSUB_ADAPTER=redis WS_REDIS_URL=redis://127.0.0.1:6379/0 WS_PORT=8080 \
+//!   cargo run -p nbio-ws-examples --all-features --bin server
+//! WS_PUBSUB_ENABLED=true WS_PUBSUB_ADAPTER=redis WS_REDIS_URL=redis://127.0.0.1:6379/0 WS_PORT=8081 \
+//!   cargo run -p nbio-ws-examples --all-features --bin server
+//! ```
 
 use nbio_ws::{rpc_method, Hub, Params, RpcError, Server};
 use serde::{Deserialize, Serialize};
@@ -72,6 +82,13 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(methods = ?server.method_names(), "nbio-ws example server");
+    if let Some(broker) = server.hub().broker_health() {
+        tracing::info!(
+            adapter = broker.adapter,
+            channel = %server.config().pubsub.channel,
+            "pub/sub enabled: broadcasts reach every instance on this channel"
+        );
+    }
     match server.serve().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

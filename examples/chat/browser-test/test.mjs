@@ -1,0 +1,360 @@
+#!/usr/bin/env node
+// Browser test of the chat example: starts the chat binary on a free
+// loopback port, drives two pages in headless Chromium (Debian's
+// /usr/bin/chromium, through playwright-core) and checks what a person
+// would see. Prints `browser: N passed, N failed[, N skipped]` and exits
+// non-zero when anything failed.
+//
+//   cargo build -p nbio-ws-examples --bin chat
+//   npm ci --prefix examples/chat/browser-test
+//   node examples/chat/browser-test/test.mjs target/debug/chat
+//
+// The binary comes from the first argument or CHAT_BIN; the browser from
+// CHROMIUM (default /usr/bin/chromium). Screenshots go to out/ beside this
+// file.
+
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outDir = join(here, "out");
+const TIMEOUT = 10_000;
+const OVERALL_TIMEOUT = 150_000;
+
+const bin = resolve(process.argv[2] || process.env.CHAT_BIN || "");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+if (!process.argv[2] && !process.env.CHAT_BIN) {
+  console.error("usage: node test.mjs PATH/TO/chat  (or CHAT_BIN=PATH/TO/chat)");
+  process.exit(2);
+}
+if (!existsSync(bin)) {
+  console.error(`no chat binary at ${bin}: build it with cargo build -p nbio-ws-examples --bin chat`);
+  process.exit(2);
+}
+if (!existsSync(chromiumPath)) {
+  console.error(`no Chromium at ${chromiumPath}: apt-get install chromium (or set CHROMIUM)`);
+  process.exit(2);
+}
+
+let chromium;
+try {
+  ({ chromium } = await import("playwright-core"));
+} catch (e) {
+  console.error(`playwright-core is missing: npm ci --prefix ${here}\n${e.message}`);
+  process.exit(2);
+}
+
+// ---- processes and cleanup --------------------------------------------------
+
+let server = null;
+let serverLog = "";
+let context = null;
+let userDataDir = null;
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+function startServer(port) {
+  const child = spawn(bin, [], {
+    env: { ...process.env, WS_HOST: "127.0.0.1", WS_PORT: String(port), WS_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const keep = (d) => {
+    serverLog = (serverLog + d.toString()).slice(-8000);
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  return child;
+}
+
+async function waitHealthy(port) {
+  const deadline = Date.now() + TIMEOUT;
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/health`);
+      if (r.ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`chat server on port ${port} did not come up; log:\n${serverLog}`);
+}
+
+function stopServer(child, signal = "SIGTERM") {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((res) => {
+    const hard = setTimeout(() => child.kill("SIGKILL"), 5000);
+    child.once("exit", () => {
+      clearTimeout(hard);
+      res();
+    });
+    child.kill(signal);
+  });
+}
+
+let cleaned = false;
+async function cleanup() {
+  if (cleaned) return;
+  cleaned = true;
+  if (context) await context.close().catch(() => {});
+  await stopServer(server);
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+}
+
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, async () => {
+    await cleanup();
+    process.exit(1);
+  });
+}
+const watchdog = setTimeout(async () => {
+  console.error(`browser test took over ${OVERALL_TIMEOUT / 1000}s; giving up`);
+  console.log("browser: 0 passed, 1 failed");
+  await cleanup();
+  process.exit(1);
+}, OVERALL_TIMEOUT);
+
+// ---- the checks ---------------------------------------------------------------
+
+const results = [];
+let failedAlready = false;
+
+async function check(name, fn) {
+  if (failedAlready) {
+    results.push({ name, status: "skipped" });
+    console.log(`skip  ${name}`);
+    return;
+  }
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push({ name, status: "passed" });
+    console.log(`ok    ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    failedAlready = true;
+    results.push({ name, status: "failed" });
+    console.log(`FAIL  ${name}: ${e && e.stack ? e.stack : e}`);
+  }
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+const XSS = `<script>window.__xss=1</script><img src=x onerror="window.__xss=2">`;
+
+const msgText = (page, nick, text) =>
+  page.locator(`#messages [data-testid=message][data-nick="${nick}"] [data-testid=message-text]`, {
+    hasText: text,
+  });
+const member = (page, nick) => page.locator(`#members [data-testid=member][data-nick="${nick}"]`);
+const notice = (page, kind, text) =>
+  page.locator(`#messages [data-testid=notice][data-kind="${kind}"]`, { hasText: text });
+
+async function joinAs(page, nick, room) {
+  await page.getByTestId("nick-input").fill(nick);
+  await page.getByTestId("room-input").fill(room);
+  await page.getByTestId("join-button").click();
+  await page.locator("body[data-view=chat]").waitFor({ timeout: TIMEOUT });
+  const shown = await page.getByTestId("current-room").textContent();
+  assert(shown === room, `current room shows ${JSON.stringify(shown)}, expected ${room}`);
+}
+
+async function say(page, text) {
+  const box = page.getByTestId("message-input");
+  await box.fill(text);
+  await box.press("Enter");
+  // The input clears once the server accepted the message.
+  await page.waitForFunction(() => document.getElementById("text").value === "", null, {
+    timeout: TIMEOUT,
+    polling: 50,
+  });
+}
+
+rmSync(outDir, { recursive: true, force: true });
+mkdirSync(outDir, { recursive: true });
+let pages = {};
+const jsErrors = [];
+
+async function screenshots(prefix) {
+  for (const [name, page] of Object.entries(pages)) {
+    const file = join(outDir, `${prefix}-${name}.png`);
+    try {
+      await page.screenshot({ path: file, fullPage: true });
+      console.log(`screenshot ${file}`);
+    } catch (e) {
+      console.log(`screenshot of ${name} failed: ${e.message}`);
+    }
+  }
+}
+
+try {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}/`;
+  server = startServer(port);
+  await waitHealthy(port);
+
+  userDataDir = mkdtempSync(join(tmpdir(), "nbio-chat-chromium-"));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--disable-quic",
+    ],
+    viewport: { width: 1100, height: 720 },
+  });
+  context.setDefaultTimeout(TIMEOUT);
+  const alice = context.pages()[0] || (await context.newPage());
+  const bob = await context.newPage();
+  pages = { alice, bob };
+  for (const [name, page] of Object.entries(pages)) {
+    page.on("pageerror", (e) => jsErrors.push(`${name}: ${e.message}`));
+    page.on("console", (m) => {
+      // A refused WebSocket connection while the server restarts is logged
+      // by Chromium itself; that one is expected.
+      if (m.type() === "error" && !/WebSocket connection to .* failed/.test(m.text())) {
+        jsErrors.push(`${name} console: ${m.text()}`);
+      }
+    });
+  }
+
+  await check("page loads and connects to ws://…/ws", async () => {
+    for (const page of [alice, bob]) {
+      await page.goto(base);
+      await page.locator("#conn[data-state=open]").waitFor();
+      assert((await page.getByTestId("room-input").inputValue()) === "lobby", "room defaults to lobby");
+    }
+  });
+
+  await check("an invalid nick shows the server's error", async () => {
+    await alice.getByTestId("nick-input").fill("bad<nick>");
+    await alice.getByTestId("join-button").click();
+    const err = alice.getByTestId("error-text");
+    await err.waitFor({ state: "visible" });
+    const text = await err.textContent();
+    assert(/nick must be 1-24 characters/.test(text), `error says ${JSON.stringify(text)}`);
+    assert((await alice.locator("body").getAttribute("data-view")) === "login", "still on the login form");
+  });
+
+  await check("alice joins lobby and her message is kept as history", async () => {
+    await joinAs(alice, "alice", "lobby");
+    assert(await alice.getByTestId("error").isHidden(), "the error banner went away");
+    await member(alice, "alice").waitFor();
+    await say(alice, "first message, before bob");
+    await msgText(alice, "alice", "first message, before bob").waitFor();
+  });
+
+  await check("bob joins lobby: sees the history and alice in the member list", async () => {
+    await joinAs(bob, "bob", "lobby");
+    await msgText(bob, "alice", "first message, before bob").waitFor();
+    await member(bob, "alice").waitFor();
+    await member(bob, "bob").waitFor();
+  });
+
+  await check("alice sees bob join (notice and member list)", async () => {
+    await notice(alice, "joined", "bob joined").waitFor();
+    await member(alice, "bob").waitFor();
+    const count = await alice.getByTestId("member-count").textContent();
+    assert(count === "2", `member count ${count}`);
+  });
+
+  await check("messages go both ways (Enter sends)", async () => {
+    await say(alice, "hello bob");
+    await msgText(bob, "alice", "hello bob").waitFor();
+    await say(bob, "hi alice");
+    await msgText(alice, "bob", "hi alice").waitFor();
+    await msgText(bob, "bob", "hi alice").waitFor();
+  });
+
+  await check("an HTML/script message is shown as literal text, nothing runs", async () => {
+    await say(bob, XSS);
+    for (const page of [alice, bob]) {
+      const el = page.locator("#messages [data-testid=message-text]").last();
+      await page.waitForFunction(
+        (want) => {
+          const all = document.querySelectorAll("#messages [data-testid=message-text]");
+          return all.length > 0 && all[all.length - 1].textContent === want;
+        },
+        XSS,
+        { polling: 50 },
+      );
+      assert((await el.textContent()) === XSS, "the text is the payload, verbatim");
+    }
+    await alice.waitForTimeout(500); // give a broken page time to load the <img> and fire onerror
+    for (const page of [alice, bob]) {
+      const xss = await page.evaluate(() => window.__xss);
+      assert(xss === undefined, `window.__xss is ${xss}`);
+      const injected = await page.locator("#messages img, #messages script").count();
+      assert(injected === 0, `${injected} injected elements in the message list`);
+    }
+  });
+  if (!failedAlready) await screenshots("conversation");
+
+  await check("bob leaves: alice gets a leave notice and the member list drops him", async () => {
+    await bob.getByTestId("leave-button").click();
+    await bob.locator("body[data-view=login]").waitFor();
+    await notice(alice, "left", "bob left").waitFor();
+    await member(alice, "bob").waitFor({ state: "detached" });
+    await member(alice, "alice").waitFor();
+  });
+
+  await check("closing a page (disconnect) also shows a leave notice", async () => {
+    await joinAs(bob, "bob", "lobby");
+    await member(alice, "bob").waitFor();
+    await bob.close();
+    delete pages.bob;
+    await notice(alice, "left", "bob left").nth(1).waitFor();
+    await member(alice, "bob").waitFor({ state: "detached" });
+  });
+
+  await check("server restart: the page reconnects with backoff and re-joins", async () => {
+    await stopServer(server);
+    await alice.locator("#conn[data-state=waiting]").waitFor();
+    await notice(alice, "info", "Connection lost").waitFor();
+    server = startServer(port);
+    await waitHealthy(port);
+    await alice.locator("#conn[data-state=open]").waitFor({ timeout: 20_000 });
+    await notice(alice, "info", "Reconnected.").waitFor();
+    await member(alice, "alice").waitFor();
+    await say(alice, "back again");
+    await msgText(alice, "alice", "back again").waitFor();
+  });
+
+  await check("no JavaScript errors on the pages", async () => {
+    assert(jsErrors.length === 0, jsErrors.join("\n"));
+  });
+
+  await screenshots(failedAlready ? "failure" : "success");
+} catch (e) {
+  failedAlready = true;
+  results.push({ name: "setup", status: "failed" });
+  console.log(`FAIL  setup: ${e && e.stack ? e.stack : e}`);
+  await screenshots("failure");
+}
+
+const n = (s) => results.filter((r) => r.status === s).length;
+if (n("failed") > 0 && serverLog.trim()) console.log(`--- chat server log (tail) ---\n${serverLog}`);
+await cleanup();
+clearTimeout(watchdog);
+const skipped = n("skipped") ? `, ${n("skipped")} skipped` : "";
+console.log(`browser: ${n("passed")} passed, ${n("failed")} failed${skipped}`);
+process.exit(n("failed") > 0 ? 1 : 0);

@@ -1,0 +1,176 @@
+//! JWT bearer tokens (the `jwt` feature), configured from the `WS_*`
+//! variables: HS256 and RS256, `exp`, `nbf`, `aud`, `iss`, `sub` as the
+//! identity, and no algorithm confusion.
+#![cfg(feature = "jwt")]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{TestServer, WsClient};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use nbio_ws::{Client, Server};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "hs256-test-secret-0123456789abcdef";
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn hs(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn rs(claims: Value, key_file: &str) -> String {
+    let pem = std::fs::read(format!("{FIXTURES}/{key_file}")).unwrap();
+    encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn server() -> TestServer {
+    let public_key = format!("{FIXTURES}/jwt-test-rsa.pub");
+    let cfg = nbio_ws::Config::from_lookup(|k| match k {
+        "WS_AUTH_ENABLED" => Some("true".into()),
+        "WS_BEARER_TOKENS" => Some("static-token".into()),
+        "WS_JWT_SECRET" => Some(SECRET.into()),
+        "WS_JWT_PUBLIC_KEY" => Some(public_key.clone()),
+        "WS_JWT_AUDIENCE" => Some("chat, admin".into()),
+        _ => None,
+    })
+    .unwrap();
+    TestServer::start(
+        Server::builder()
+            .config(cfg)
+            .registered_methods(false)
+            .method("whoami", |c: Client| async move {
+                Ok::<_, nbio_ws::RpcError>(c.identity().map(str::to_owned))
+            }),
+    )
+    .await
+}
+
+async fn status(addr: std::net::SocketAddr, token: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(common::TIMEOUT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn identity(s: &TestServer, token: &str) -> Value {
+    // The subprotocol form: JWTs are made of token characters.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s.url("/ws").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {token}").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = WsClient { ws };
+    c.call("whoami", json!([]), json!(1)).await["result"].clone()
+}
+
+#[tokio::test]
+async fn valid_tokens_give_their_subject_as_identity() {
+    let s = server().await;
+    let exp = now() + 600;
+    assert_eq!(
+        identity(&s, &hs(json!({"sub": "ada", "exp": exp, "aud": "chat"}))).await,
+        "ada"
+    );
+    assert_eq!(
+        identity(
+            &s,
+            &rs(
+                json!({"sub": "grace", "exp": exp, "aud": ["x", "admin"], "nbf": now() - 10}),
+                "jwt-test-rsa.key"
+            )
+        )
+        .await,
+        "grace"
+    );
+    // Static tokens still work beside JWTs.
+    assert_eq!(status(s.addr, "static-token").await, 101);
+}
+
+#[tokio::test]
+async fn invalid_tokens_are_refused_with_401() {
+    let s = server().await;
+    let exp = now() + 600;
+    let cases = [
+        (
+            "expired",
+            hs(json!({"sub": "a", "exp": now() - 3600, "aud": "chat"})),
+        ),
+        (
+            "not yet valid",
+            hs(json!({"sub": "a", "exp": exp, "nbf": now() + 3600, "aud": "chat"})),
+        ),
+        (
+            "wrong audience",
+            hs(json!({"sub": "a", "exp": exp, "aud": "other"})),
+        ),
+        ("no audience", hs(json!({"sub": "a", "exp": exp}))),
+        ("no exp", hs(json!({"sub": "a", "aud": "chat"}))),
+        ("no sub", hs(json!({"exp": exp, "aud": "chat"}))),
+        (
+            "untrusted RSA key",
+            rs(
+                json!({"sub": "a", "exp": exp, "aud": "chat"}),
+                "jwt-other-rsa.key",
+            ),
+        ),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    for (what, token) in &cases {
+        assert_eq!(status(s.addr, token).await, 401, "{what}");
+    }
+    // Algorithm confusion: an HS256 token whose "secret" is the public key.
+    let public = std::fs::read(format!("{FIXTURES}/jwt-test-rsa.pub")).unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "mallory", "exp": exp, "aud": "chat"}),
+        &EncodingKey::from_secret(&public).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status(s.addr, &forged).await, 401);
+}
+
+#[test]
+fn an_unreadable_public_key_fails_the_build() {
+    let cfg = nbio_ws::Config::from_lookup(|k| match k {
+        "WS_AUTH_ENABLED" => Some("true".into()),
+        "WS_JWT_PUBLIC_KEY" => Some("/nonexistent/key.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    let err = Server::builder().config(cfg).build().unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+}

@@ -1,0 +1,636 @@
+//! Scale-out through a broker: three in-process servers, clients on each,
+//! and the same test body for every backend — `local` (an in-process
+//! broker, outages simulated), `redis` and `nats` (a real `redis-server`
+//! or `nats-server` started by the test on a free loopback port, killed and
+//! restarted on the same port).
+//!
+//! What the body checks:
+//! 1. every broadcast from any instance reaches every client of every
+//!    instance exactly once, in order per publisher;
+//! 2. `Hub::send_to` reaches a client connected to another instance;
+//! 3. with the broker down: local delivery goes on, `/health` says
+//!    `degraded` with `"connected":false` (HTTP 200), the publish-failure
+//!    counter grows;
+//! 4. once the broker is back on the same port: the instances reconnect
+//!    and resubscribe by themselves, cross-instance delivery resumes
+//!    exactly once, and the messages lost meanwhile are counted.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, WsClient};
+use futures_util::{SinkExt, StreamExt};
+use nbio_ws::broker::{LocalBroker, PubSubConfig};
+use nbio_ws::{Client, ClientId, Hub, Params, RpcError, Server, ServerBuilder};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const INSTANCES: usize = 3;
+const CLIENTS_PER_INSTANCE: usize = 2;
+/// Broadcasts per publisher (one publisher per instance) in the first round.
+const ROUND1: usize = 100;
+/// Broadcasts per publisher after recovery.
+const ROUND2: usize = 30;
+
+#[derive(Deserialize)]
+struct Text {
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct SendTo {
+    to: u64,
+    text: String,
+}
+
+fn app() -> ServerBuilder {
+    Server::builder()
+        .registered_methods(false)
+        .send_buffer(4096)
+        .method(
+            "broadcast",
+            |hub: Hub, Params(p): Params<Text>| async move {
+                hub.broadcast("broadcast", &json!({ "text": p.text }))
+                    .map_err(RpcError::internal)?;
+                Ok::<_, RpcError>(json!({"status": "broadcasted"}))
+            },
+        )
+        .method(
+            "whoami",
+            |c: Client| async move { Ok::<_, RpcError>(c.id()) },
+        )
+        .method(
+            "send_to",
+            |hub: Hub, Params(p): Params<SendTo>| async move {
+                hub.send_to(ClientId(p.to), "direct", &json!({ "text": p.text }))
+                    .map_err(RpcError::internal)?;
+                Ok::<_, RpcError>(true)
+            },
+        )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(dead_code)] // Redis and Nats only with their features
+enum Kind {
+    Local,
+    Redis,
+    Nats,
+}
+
+/// The broker under test: an in-process one, or a real server process on
+/// a fixed loopback port (killed on drop).
+struct Backend {
+    kind: Kind,
+    port: u16,
+    local: LocalBroker,
+    child: Option<Child>,
+}
+
+impl Backend {
+    async fn start(kind: Kind) -> Backend {
+        let mut b = Backend {
+            kind,
+            port: free_port(),
+            local: LocalBroker::new(),
+            child: None,
+        };
+        b.up().await;
+        b
+    }
+
+    fn url(&self) -> String {
+        match self.kind {
+            Kind::Local => String::new(),
+            Kind::Redis => format!("redis://127.0.0.1:{}/0", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn builder(&self, channel: &str) -> ServerBuilder {
+        match self.kind {
+            Kind::Local => app()
+                .pubsub(PubSubConfig::new(nbio_ws::broker::Adapter::Local).channel(channel))
+                .broker(self.local.clone()),
+            Kind::Redis => app().pubsub(PubSubConfig::redis(self.url()).channel(channel)),
+            Kind::Nats => app().pubsub(PubSubConfig::nats(self.url()).channel(channel)),
+        }
+    }
+
+    /// Starts the broker (on the same port as before) and waits until it
+    /// accepts connections.
+    async fn up(&mut self) {
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            Kind::Local => {
+                self.local.set_connected(true);
+                return;
+            }
+            Kind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            }
+            Kind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port]);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?} (is it installed?): {e}", self.kind));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "{:?} did not listen on port {} in time",
+            self.kind, self.port
+        );
+    }
+
+    /// Takes the broker down hard (SIGKILL for a real server).
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.kind == Kind::Local {
+            self.local.set_connected(false);
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A client and everything it has received so far.
+struct Peer {
+    ws: WsClient,
+    /// Texts of `broadcast` notifications, in arrival order.
+    broadcasts: Vec<String>,
+    /// Texts of `direct` notifications.
+    directs: Vec<String>,
+    /// Responses by id.
+    responses: BTreeMap<u64, Value>,
+}
+
+impl Peer {
+    async fn connect(url: &str) -> Peer {
+        Peer {
+            ws: WsClient::connect(url).await,
+            broadcasts: Vec::new(),
+            directs: Vec::new(),
+            responses: BTreeMap::new(),
+        }
+    }
+
+    /// Reads one message (false on timeout).
+    async fn pump(&mut self, deadline: tokio::time::Instant) -> bool {
+        let msg = match tokio::time::timeout_at(deadline, self.ws.ws.next()).await {
+            Err(_) => return false,
+            Ok(m) => m.expect("stream open").expect("no error"),
+        };
+        let text = match msg {
+            Message::Text(t) => t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => return true,
+            other => panic!("unexpected {other:?}"),
+        };
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        let param = || v["params"]["text"].as_str().unwrap_or_default().to_owned();
+        match v["method"].as_str() {
+            Some("broadcast") => self.broadcasts.push(param()),
+            Some("direct") => self.directs.push(param()),
+            _ => {
+                let id = v["id"].as_u64().expect("a response with a numeric id");
+                self.responses.insert(id, v);
+            }
+        }
+        true
+    }
+
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        self.ws
+            .ws
+            .send(Message::text(req.to_string()))
+            .await
+            .expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.responses.contains_key(&id) {
+            assert!(self.pump(deadline).await, "no response to {method} in time");
+        }
+        self.responses.remove(&id).unwrap_or_default()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.broadcasts
+            .iter()
+            .filter(|t| t.starts_with(prefix))
+            .count()
+    }
+
+    /// Reads until `want` broadcasts starting with `prefix` arrived (or 15 s
+    /// passed), then `grace` longer to catch duplicates.
+    async fn collect(&mut self, prefix: &str, want: usize, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.count(prefix) < want {
+            if !self.pump(deadline).await {
+                break;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.pump(deadline).await {}
+    }
+}
+
+/// Publishes `n` broadcasts `"{prefix}{instance}:{seq}"` one after the other
+/// (each acknowledged before the next), then collects `want` in total.
+async fn publish_and_collect(
+    mut peer: Peer,
+    publish: Option<usize>,
+    prefix: String,
+    n: usize,
+    want: usize,
+) -> Peer {
+    if let Some(instance) = publish {
+        for seq in 0..n {
+            let id = 1_000_000 + seq as u64;
+            let r = peer
+                .call(
+                    id,
+                    "broadcast",
+                    json!({ "text": format!("{prefix}{instance}:{seq:04}") }),
+                )
+                .await;
+            assert_eq!(r["result"]["status"], "broadcasted", "{r}");
+        }
+    }
+    peer.collect(&prefix, want, Duration::from_millis(300))
+        .await;
+    peer
+}
+
+/// Checks what each peer got for `prefix`: every publisher's `n` messages,
+/// once each, in order.
+fn check_exactly_once(peers: &[Peer], prefix: &str, publishers: &[usize], n: usize) {
+    for (i, p) in peers.iter().enumerate() {
+        let got: Vec<&String> = p
+            .broadcasts
+            .iter()
+            .filter(|t| t.starts_with(prefix))
+            .collect();
+        let unique: HashSet<&&String> = got.iter().collect();
+        assert_eq!(
+            unique.len(),
+            got.len(),
+            "peer {i} got duplicates for {prefix}: {} of {} unique",
+            unique.len(),
+            got.len()
+        );
+        assert_eq!(
+            got.len(),
+            publishers.len() * n,
+            "peer {i} got {} of {} messages for {prefix}",
+            got.len(),
+            publishers.len() * n
+        );
+        for &publisher in publishers {
+            let mine = format!("{prefix}{publisher}:");
+            let seqs: Vec<usize> = got
+                .iter()
+                .filter_map(|t| t.strip_prefix(&mine))
+                .map(|s| s.parse().expect("seq"))
+                .collect();
+            assert_eq!(
+                seqs,
+                (0..n).collect::<Vec<_>>(),
+                "peer {i}: messages of publisher {publisher} missing or out of order"
+            );
+        }
+    }
+}
+
+async fn health(server: &TestServer) -> (u16, Value) {
+    let (status, _, body) = server.http_get("/health").await;
+    (status, serde_json::from_str(&body).expect("health JSON"))
+}
+
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (_, _, body) = server.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until every server reports the broker `connected` (or not).
+async fn wait_broker(servers: &[TestServer], connected: bool) {
+    for _ in 0..300 {
+        let mut all = true;
+        for s in servers {
+            let (code, h) = health(s).await;
+            assert_eq!(code, 200, "{h}");
+            all &= h["broker"]["connected"] == connected;
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the broker was not reported connected={connected} in time");
+}
+
+/// Until every instance has seen a broadcast from every other one:
+/// subscriptions are live end to end (a NATS `SUB` may still be on its
+/// way after the client reports itself connected).
+async fn warm_up(servers: &[TestServer], round: &str) {
+    let mut probes = Vec::new();
+    for s in servers {
+        probes.push(Peer::connect(&s.url("/ws")).await);
+    }
+    let prefix = format!("warm-{round}:");
+    for k in 0..100 {
+        for (i, s) in servers.iter().enumerate() {
+            s.hub
+                .broadcast("broadcast", &json!({ "text": format!("{prefix}{i}:{k}") }))
+                .expect("broadcast");
+        }
+        let mut ready = true;
+        for p in &mut probes {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+            while p.pump(deadline).await {}
+            let origins: HashSet<&str> = p
+                .broadcasts
+                .iter()
+                .filter_map(|t| t.strip_prefix(&prefix)?.split(':').next())
+                .collect();
+            ready &= origins.len() == servers.len();
+        }
+        if ready {
+            for p in &mut probes {
+                p.ws.close().await;
+            }
+            return;
+        }
+    }
+    panic!("cross-instance delivery did not start ({round})");
+}
+
+async fn scale_out(kind: Kind) {
+    let started = Instant::now();
+    let mut backend = Backend::start(kind).await;
+    let channel = format!("nbio-test.{}.{}", std::process::id(), backend.port);
+    let mut servers = Vec::new();
+    for _ in 0..INSTANCES {
+        servers.push(TestServer::start(backend.builder(&channel)).await);
+    }
+    wait_broker(&servers, true).await;
+    for s in &servers {
+        let (_, h) = health(s).await;
+        assert_eq!(h["status"], "healthy", "{h}");
+        assert_eq!(
+            h["broker"]["adapter"],
+            format!("{kind:?}").to_lowercase(),
+            "{h}"
+        );
+    }
+    warm_up(&servers, "1").await;
+
+    let mut peers = Vec::new();
+    for s in &servers {
+        for _ in 0..CLIENTS_PER_INSTANCE {
+            peers.push(Peer::connect(&s.url("/ws")).await);
+        }
+    }
+
+    // 1. Exactly once, in order per publisher: the first client of each
+    //    instance publishes ROUND1 broadcasts, all at the same time.
+    let publishers: Vec<usize> = (0..INSTANCES).collect();
+    let peers = run_round(peers, "r1:", ROUND1, &publishers).await;
+    check_exactly_once(&peers, "r1:", &publishers, ROUND1);
+    let mut peers = peers;
+
+    // 2. send_to a client on another instance.
+    let mut ids = Vec::new();
+    for (i, p) in peers.iter_mut().enumerate() {
+        let r = p.call(i as u64, "whoami", json!([])).await;
+        ids.push(r["result"].as_u64().expect("an id"));
+    }
+    let target = INSTANCES * CLIENTS_PER_INSTANCE - 1; // last client of the last instance
+    let r = peers[0]
+        .call(10, "send_to", json!({"to": ids[target], "text": "d:hello"}))
+        .await;
+    assert_eq!(r["result"], true, "{r}");
+    let r = peers[target]
+        .call(11, "send_to", json!({"to": ids[0], "text": "d:back"}))
+        .await;
+    assert_eq!(r["result"], true, "{r}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for i in [target, 0] {
+        while peers[i].directs.is_empty() {
+            assert!(peers[i].pump(deadline).await, "send_to did not arrive");
+        }
+    }
+    for p in peers.iter_mut() {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while p.pump(deadline).await {}
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let expected: &[&str] = match i {
+            0 => &["d:back"],
+            t if t == target => &["d:hello"],
+            _ => &[],
+        };
+        assert_eq!(p.directs, expected, "peer {i}");
+    }
+
+    // 3. The broker goes down.
+    let failures_before = metric(&servers[0], "nbio_ws_broker_publish_failures_total").await;
+    backend.down();
+    wait_broker(&servers, false).await;
+    for s in &servers {
+        let (code, h) = health(s).await;
+        assert_eq!((code, h["status"].as_str()), (200, Some("degraded")), "{h}");
+    }
+    // Local delivery goes on; the other instances do not get it.
+    let r = peers[0]
+        .call(20, "broadcast", json!({"text": "down:local"}))
+        .await;
+    assert_eq!(r["result"]["status"], "broadcasted");
+    for (i, p) in peers.iter_mut().enumerate() {
+        let want = usize::from(i < CLIENTS_PER_INSTANCE);
+        p.collect("down:", want, Duration::from_millis(300)).await;
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let local = i < CLIENTS_PER_INSTANCE;
+        assert_eq!(p.count("down:"), usize::from(local), "peer {i}");
+    }
+    let mut failures = 0;
+    for _ in 0..100 {
+        failures = metric(&servers[0], "nbio_ws_broker_publish_failures_total").await;
+        if failures > failures_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        failures > failures_before,
+        "publish failures were not counted ({failures_before} -> {failures})"
+    );
+
+    // 4. The broker comes back on the same port: no restart of anything else.
+    backend.up().await;
+    wait_broker(&servers, true).await;
+    warm_up(&servers, "2").await;
+    let peers = run_round(peers, "r2:", ROUND2, &publishers).await;
+    check_exactly_once(&peers, "r2:", &publishers, ROUND2);
+    // What instance 0 published during the outage is a hole the others saw.
+    let lost = metric(&servers[1], "nbio_ws_broker_messages_lost_total").await;
+    assert!(lost >= 1, "the outage's lost messages were not counted");
+
+    for mut p in peers {
+        p.ws.close().await;
+    }
+    for s in &mut servers {
+        s.shutdown().await.expect("clean shutdown");
+    }
+    let took = started.elapsed();
+    eprintln!("{kind:?} scale-out suite: {took:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "{kind:?} suite took {took:?}"
+    );
+}
+
+/// Every peer whose index is a multiple of CLIENTS_PER_INSTANCE (the first
+/// client of each instance in `publishers`) publishes `n`; all collect.
+async fn run_round(peers: Vec<Peer>, prefix: &str, n: usize, publishers: &[usize]) -> Vec<Peer> {
+    let want = publishers.len() * n;
+    let mut tasks = Vec::new();
+    for (i, p) in peers.into_iter().enumerate() {
+        let instance = i / CLIENTS_PER_INSTANCE;
+        let publish =
+            (i % CLIENTS_PER_INSTANCE == 0 && publishers.contains(&instance)).then_some(instance);
+        tasks.push(tokio::spawn(publish_and_collect(
+            p,
+            publish,
+            prefix.to_owned(),
+            n,
+            want,
+        )));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("peer task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_local() {
+    scale_out(Kind::Local).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_redis() {
+    scale_out(Kind::Redis).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_nats() {
+    scale_out(Kind::Nats).await;
+}
+
+/// A broker that is down at startup does not prevent startup: the server
+/// serves its own clients, says `degraded`, and connects once the broker
+/// appears.
+async fn starts_without_broker(kind: Kind) {
+    let mut backend = Backend::start(kind).await;
+    backend.down();
+    let channel = format!("nbio-test-late.{}", backend.port);
+    let a = TestServer::start(backend.builder(&channel)).await;
+    let b = TestServer::start(backend.builder(&channel)).await;
+    let (code, h) = health(&a).await;
+    assert_eq!((code, h["status"].as_str()), (200, Some("degraded")), "{h}");
+    let mut c = Peer::connect(&a.url("/ws")).await;
+    let r = c.call(1, "broadcast", json!({"text": "solo"})).await;
+    assert_eq!(r["result"]["status"], "broadcasted");
+    c.collect("solo", 1, Duration::ZERO).await;
+    assert_eq!(c.count("solo"), 1);
+
+    backend.up().await;
+    let mut servers = [a, b];
+    wait_broker(&servers, true).await;
+    warm_up(&servers, "late").await;
+    for s in &mut servers {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn local_starts_without_broker() {
+    starts_without_broker(Kind::Local).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_starts_without_broker() {
+    starts_without_broker(Kind::Redis).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn nats_starts_without_broker() {
+    starts_without_broker(Kind::Nats).await;
+}
+
+/// Without a broker, `send_to` an id that is not here is `NotFound`, and
+/// `/health` has no broker field.
+#[tokio::test]
+async fn no_broker_no_change() {
+    let mut s = TestServer::start(app()).await;
+    let (code, h) = health(&s).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["status"], "healthy");
+    assert!(h.get("broker").is_none(), "{h}");
+    assert!(s.hub.broker_health().is_none());
+    assert!(matches!(
+        s.hub.send_to(ClientId(1 << 40), "m", &()),
+        Err(nbio_ws::SendError::NotFound(_))
+    ));
+    s.shutdown().await.expect("shutdown");
+}

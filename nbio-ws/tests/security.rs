@@ -1,0 +1,631 @@
+//! Security controls over real loopback sockets: authentication, origins,
+//! rate limits, connection caps, trusted proxies, handshake limits, and
+//! that connect/disconnect churn leaves no per-client state behind.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{WsClient, TIMEOUT};
+use futures_util::{SinkExt, StreamExt};
+use nbio_ws::auth::{self, AuthRejection, Authenticated};
+use nbio_ws::{Client, Server, ServerBuilder, WsEndpoint};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Who the caller is, as the server sees it.
+fn me(client: Client) -> Value {
+    json!({"identity": client.identity(), "remote": client.remote_addr().to_string()})
+}
+
+fn base() -> ServerBuilder {
+    Server::builder()
+        .registered_methods(false)
+        .method("me", |c: Client| async move {
+            Ok::<_, nbio_ws::RpcError>(me(c))
+        })
+        .method("echo", |nbio_ws::Params(v): nbio_ws::Params<Value>| async move {
+            Ok::<_, nbio_ws::RpcError>(v)
+        })
+}
+
+struct Srv {
+    addr: SocketAddr,
+    endpoint: WsEndpoint,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), nbio_ws::ServeError>>,
+}
+
+impl Srv {
+    async fn start(builder: ServerBuilder) -> Srv {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = builder.build().expect("server builds");
+        let endpoint = server.endpoint();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve_listener(listener, async move {
+            let _ = rx.await;
+        }));
+        Srv {
+            addr,
+            endpoint,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    /// Waits until the per-client state is back to `connections`.
+    async fn wait_connections(&self, n: usize) {
+        for _ in 0..500 {
+            let s = self.endpoint.security_stats();
+            if s.connections == n && self.endpoint.hub().len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {n} connections, have {:?} (hub {})",
+            self.endpoint.security_stats(),
+            self.endpoint.hub().len()
+        );
+    }
+}
+
+/// A raw upgrade request with extra header lines; returns the status, the
+/// head and the body of the answer (the socket stays open on a 101).
+async fn handshake(addr: SocketAddr, target: &str, extra: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s).await
+}
+
+async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "EOF before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while status != 101 && body.len() < len {
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
+            .await
+            .expect("a body in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (
+        status,
+        head.to_ascii_lowercase(),
+        String::from_utf8_lossy(&body).to_string(),
+    )
+}
+
+/// A tungstenite client with extra request headers.
+async fn connect_with(url: &str, headers: &[(&str, &str)]) -> (WsClient, http_response::Head) {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http_response::name(k),
+            v.parse().expect("a valid header value"),
+        );
+    }
+    let (ws, res) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    (WsClient { ws }, res.headers().clone())
+}
+
+mod http_response {
+    pub type Head = tokio_tungstenite::tungstenite::http::HeaderMap;
+    pub fn name(k: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {
+        tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap()
+    }
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, _, body) = common::http_request(addr, "GET", "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_header_subprotocol_and_query() {
+    let s = Srv::start(base().bearer_tokens(["alice:tok-alice", "tok-second"])).await;
+
+    // No token: 401 with a Bearer challenge, and no upgrade.
+    let (status, head, body) = handshake(s.addr, "/ws", "").await;
+    assert_eq!(status, 401, "{head}");
+    assert!(
+        head.contains("www-authenticate: bearer realm=\"nbio-ws\""),
+        "{head}"
+    );
+    assert!(!head.contains("upgrade: websocket"), "{head}");
+    assert_eq!(body, "authentication required\n");
+
+    // A wrong token, from each source: 401 invalid_token.
+    for (target, extra) in [
+        ("/ws", "Authorization: Bearer nope\r\n"),
+        ("/ws?token=nope", ""),
+        ("/ws", "Sec-WebSocket-Protocol: bearer, nope\r\n"),
+        // A right token under the wrong name is still wrong.
+        ("/ws?tok=tok-alice", "Authorization: Bearer tok-alice-x\r\n"),
+    ] {
+        let (status, head, body) = handshake(s.addr, target, extra).await;
+        assert_eq!(status, 401, "{target} {extra}: {head}");
+        assert!(head.contains("error=\"invalid_token\""), "{head}");
+        assert_eq!(body, "invalid token\n");
+    }
+
+    // The header.
+    let (mut a, _) = connect_with(&s.url(), &[("authorization", "Bearer tok-alice")]).await;
+    assert_eq!(
+        a.call("me", json!([]), json!(1)).await["result"]["identity"],
+        "alice"
+    );
+
+    // The query string (seed compatibility).
+    let mut b = WsClient::connect(&format!("{}?token=tok-second", s.url())).await;
+    assert_eq!(
+        b.call("me", json!([]), json!(1)).await["result"]["identity"],
+        "token-2"
+    );
+
+    // The browser form: the client offers `bearer, <token>`; the server
+    // must select `bearer` (tungstenite, like a browser, fails the
+    // connection when none of the offered subprotocols is selected).
+    let (mut c, head) =
+        connect_with(&s.url(), &[("sec-websocket-protocol", "bearer, tok-alice")]).await;
+    assert_eq!(head["sec-websocket-protocol"], "bearer");
+    assert_eq!(
+        c.call("me", json!([]), json!(1)).await["result"]["identity"],
+        "alice"
+    );
+
+    assert_eq!(metric(s.addr, "nbio_ws_auth_failures_total").await, 5);
+    s.wait_connections(3).await;
+    drop((a, b, c));
+    s.wait_connections(0).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn custom_authenticator_sees_the_request() {
+    let authenticator = auth::from_fn(|req: &auth::AuthRequest| {
+        let seen = json!({
+            "method": req.method().as_str(),
+            "path": req.path(),
+            "room": req.query_param("room"),
+            "peer_is_loopback": req.peer_addr().ip().is_loopback(),
+            "user": req.header("x-user"),
+        });
+        async move {
+            // An authenticator may wait (a database, a remote service...).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            match seen["user"].as_str() {
+                None => Err(AuthRejection::unauthorized("who are you?")),
+                Some("mallory") => Err(AuthRejection::forbidden("not you")),
+                Some(u) => Ok(Authenticated::identity(format!("{u}|{seen}"))),
+            }
+        }
+    });
+    let s = Srv::start(base().authenticator(authenticator)).await;
+
+    let (status, head, body) = handshake(s.addr, "/ws", "X-User: mallory\r\n").await;
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body, "not you\n");
+    let (status, head, _) = handshake(s.addr, "/ws", "").await;
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+
+    let (mut c, _) = connect_with(&format!("{}?room=r%201", s.url()), &[("x-user", "ada")]).await;
+    let id = c.call("me", json!([]), json!(1)).await["result"]["identity"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (user, seen) = id.split_once('|').unwrap();
+    assert_eq!(user, "ada");
+    let seen: Value = serde_json::from_str(seen).unwrap();
+    assert_eq!(
+        seen,
+        json!({"method": "GET", "path": "/ws", "room": "r 1", "peer_is_loopback": true, "user": "ada"})
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let s =
+        Srv::start(base().allowed_origins(["https://app.example.com", "http://localhost:3000"]))
+            .await;
+    for (origin, want) in [
+        ("https://app.example.com", 101),
+        ("https://app.example.com:443", 101),
+        ("http://localhost:3000", 101),
+        ("http://localhost:3001", 403),
+        ("http://app.example.com", 403),
+        ("https://evil.example", 403),
+        ("null", 403),
+    ] {
+        let (status, head, body) = handshake(s.addr, "/ws", &format!("Origin: {origin}\r\n")).await;
+        assert_eq!(status, want, "{origin}: {head}");
+        if want == 403 {
+            assert_eq!(body, "origin not allowed\n");
+        }
+    }
+    // Non-browser clients send no Origin: allowed.
+    assert_eq!(handshake(s.addr, "/ws", "").await.0, 101);
+    s.stop().await;
+
+    // The default is `*`.
+    let open = Srv::start(base()).await;
+    let (status, _, _) = handshake(open.addr, "/ws", "Origin: https://anywhere.example\r\n").await;
+    assert_eq!(status, 101);
+    open.stop().await;
+
+    // A list that does not parse fails the build.
+    let err = base().allowed_origins(["example.com"]).build().unwrap_err();
+    assert!(err.to_string().contains("example.com"), "{err}");
+}
+
+fn req(id: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": "echo", "params": [1], "id": id})
+}
+
+#[tokio::test]
+async fn rate_limit_answers_each_request_and_closes_abusers() {
+    // Three requests back to back, then one a minute; close after 5
+    // limited requests in a row.
+    let s = Srv::start(
+        base()
+            .rate_limit(1, Duration::from_secs(60), 3)
+            .rate_limit_close_after(5),
+    )
+    .await;
+    let mut c = WsClient::connect(&s.url()).await;
+    for i in 0..3 {
+        assert_eq!(
+            c.call("echo", json!([i]), json!(i)).await["result"],
+            json!([i])
+        );
+    }
+    // Limited: its own id, a server-error code, a message that says so,
+    // and when to retry.
+    let r = c.call("echo", json!([3]), json!("x4")).await;
+    assert_eq!(r["id"], "x4", "{r}");
+    assert_eq!(r["error"]["code"], -32029, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Rate limit"),
+        "{r}"
+    );
+    let retry = r["error"]["data"]["retry_after_ms"].as_u64().unwrap();
+    assert!(retry > 59_000 && retry <= 60_000, "{r}");
+
+    // Each batch element counts, and is answered with its own id.
+    c.send_json(&json!([req(json!(10)), req(json!("b"))])).await;
+    let batch = c.recv_json().await;
+    let ids: Vec<&Value> = batch.as_array().unwrap().iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [&json!(10), &json!("b")]);
+    assert!(batch
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["error"]["code"] == -32029));
+
+    // A limited notification gets no answer (strike 4)...
+    c.send_json(&json!({"jsonrpc": "2.0", "method": "echo", "params": [1]}))
+        .await;
+    // ...and the fifth limited request in a row is answered, then the
+    // connection is closed with 1008.
+    let r = c.call("echo", json!([5]), json!(5)).await;
+    assert_eq!(r["id"], 5);
+    assert_eq!(r["error"]["code"], -32029);
+    assert_eq!(c.expect_close().await, 1008);
+    s.wait_connections(0).await;
+    assert_eq!(s.endpoint.security_stats().rate_limiters, 0);
+    assert_eq!(
+        metric(s.addr, "nbio_ws_rate_limited_requests_total").await,
+        5
+    );
+    assert_eq!(
+        metric(s.addr, "nbio_ws_rate_limit_disconnects_total").await,
+        1
+    );
+
+    // A batch larger than the bucket: the first three run.
+    let mut d = WsClient::connect(&s.url()).await;
+    d.send_json(&json!((0..5).map(|i| req(json!(i))).collect::<Vec<_>>()))
+        .await;
+    let batch = d.recv_json().await;
+    let codes: Vec<Option<i64>> = batch
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"]["code"].as_i64())
+        .collect();
+    assert_eq!(codes, [None, None, None, Some(-32029), Some(-32029)]);
+    // Another connection has a bucket of its own.
+    let mut e = WsClient::connect(&s.url()).await;
+    assert!(e
+        .call("echo", json!([1]), json!(1))
+        .await
+        .get("result")
+        .is_some());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connection_caps_refuse_before_the_upgrade() {
+    let s = Srv::start(base().max_connections(2)).await;
+    let a = WsClient::connect(&s.url()).await;
+    let b = WsClient::connect(&s.url()).await;
+    let (status, head, body) = handshake(s.addr, "/ws", "").await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    assert_eq!(body, "server is at its connection limit; try again later\n");
+    // Plain HTTP is not counted.
+    assert_eq!(common::http_request(s.addr, "GET", "/health").await.0, 200);
+    drop(a);
+    s.wait_connections(1).await;
+    let _c = WsClient::connect(&s.url()).await;
+    drop(b);
+    s.stop().await;
+
+    let s = Srv::start(base().max_connections_per_ip(1)).await;
+    let a = WsClient::connect(&s.url()).await;
+    let (status, head, body) = handshake(s.addr, "/ws", "").await;
+    assert_eq!(status, 429, "{head}");
+    assert_eq!(body, "too many connections from your address\n");
+    // A forwarded address from an untrusted peer changes nothing.
+    let (status, _, _) = handshake(s.addr, "/ws", "X-Forwarded-For: 198.51.100.7\r\n").await;
+    assert_eq!(status, 429);
+    drop(a);
+    s.wait_connections(0).await;
+    assert_eq!(s.endpoint.security_stats().tracked_addresses, 0);
+    let _b = WsClient::connect(&s.url()).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_addresses_from_trusted_proxies_only() {
+    // 203.0.113.0/24 and 198.51.100.0/24 are documentation addresses: they
+    // only ever appear in headers here.
+    let s = Srv::start(
+        base()
+            .trusted_proxies(["127.0.0.1"])
+            .max_connections_per_ip(1),
+    )
+    .await;
+    let (mut a, _) = connect_with(&s.url(), &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert_eq!(
+        a.call("me", json!([]), json!(1)).await["result"]["remote"],
+        "203.0.113.7:0"
+    );
+    // Per-address limits apply to the forwarded address.
+    let (status, _, _) = handshake(s.addr, "/ws", "X-Forwarded-For: 203.0.113.7\r\n").await;
+    assert_eq!(status, 429);
+    // A client cannot choose its address by prepending one: the right-most
+    // entry (added by the trusted proxy) counts.
+    let (status, _, _) = handshake(
+        s.addr,
+        "/ws",
+        "X-Forwarded-For: 198.51.100.1, 203.0.113.7\r\n",
+    )
+    .await;
+    assert_eq!(status, 429);
+    let (mut b, _) = connect_with(&s.url(), &[("x-forwarded-for", "198.51.100.1")]).await;
+    assert_eq!(
+        b.call("me", json!([]), json!(1)).await["result"]["remote"],
+        "198.51.100.1:0"
+    );
+    s.stop().await;
+
+    // Not a trusted proxy: the header is ignored.
+    let s = Srv::start(base().trusted_proxies(["10.0.0.0/8"])).await;
+    let (mut c, _) = connect_with(&s.url(), &[("x-forwarded-for", "203.0.113.7")]).await;
+    let remote = c.call("me", json!([]), json!(1)).await["result"]["remote"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+    s.stop().await;
+
+    let err = base().trusted_proxies(["10.0.0.0/99"]).build().unwrap_err();
+    assert!(err.to_string().contains("10.0.0.0/99"), "{err}");
+}
+
+#[tokio::test]
+async fn handshake_limits() {
+    let s = Srv::start(
+        base()
+            .handshake_timeout(Duration::from_millis(300))
+            .max_header_size(8192)
+            .max_pending_handshakes(2),
+    )
+    .await;
+
+    // Headers over the limit: 431.
+    let big = format!("X-Big: {}\r\n", "a".repeat(10_000));
+    let (status, head, _) = handshake(s.addr, "/ws", &big).await;
+    assert_eq!(status, 431, "{head}");
+
+    // A client that never finishes its headers is disconnected after the
+    // handshake timeout.
+    let mut slow = TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    drop(slow);
+    s.wait_connections(0).await;
+    for _ in 0..200 {
+        if s.endpoint.security_stats().pending_handshakes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Two connections that say nothing take both handshake slots; a third
+    // is refused with 503 at once.
+    let idle1 = TcpStream::connect(s.addr).await.unwrap();
+    let idle2 = TcpStream::connect(s.addr).await.unwrap();
+    for _ in 0..200 {
+        if s.endpoint.security_stats().pending_handshakes == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut third = TcpStream::connect(s.addr).await.unwrap();
+    let (status, head, body) = read_response(&mut third).await;
+    assert_eq!(status, 503, "{head}");
+    assert_eq!(body, "too many handshakes in progress\n");
+    // Once they time out, the slots are free again; upgraded connections
+    // do not hold one.
+    drop((idle1, idle2));
+    for _ in 0..200 {
+        if s.endpoint.security_stats().pending_handshakes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _a = WsClient::connect(&s.url()).await;
+    let _b = WsClient::connect(&s.url()).await;
+    let mut c = WsClient::connect(&s.url()).await;
+    assert!(c
+        .call("echo", json!([1]), json!(1))
+        .await
+        .get("result")
+        .is_some());
+    s.stop().await;
+
+    let err = base().max_header_size(4096).build().unwrap_err();
+    assert!(err.to_string().contains("8192"), "{err}");
+}
+
+/// Connects and disconnects `n` clients, `concurrency` at a time, through
+/// every security layer, then checks that nothing per client is left.
+async fn churn(n: usize, concurrency: usize) {
+    let s = Srv::start(
+        base()
+            .bearer_tokens(["tok"])
+            .allowed_origins(["http://localhost:3000"])
+            .rate_limit(100, Duration::from_secs(60), 10)
+            .max_connections(10_000)
+            .max_connections_per_ip(concurrency + 1),
+    )
+    .await;
+    let url = format!("{}?token=tok", s.url());
+    let started = std::time::Instant::now();
+    let per_task = n / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                    .await
+                    .expect("connect");
+                if i % 10 == 0 {
+                    // Some of them use their rate limiter.
+                    ws.send(Message::text(req(json!(i)).to_string()))
+                        .await
+                        .unwrap();
+                    let _ = ws.next().await;
+                }
+                if i % 2 == 0 {
+                    let _ = ws.close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+                // The others just vanish (TCP close without a close frame).
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(300), t)
+            .await
+            .expect("churn in time")
+            .unwrap();
+    }
+    s.wait_connections(0).await;
+    let stats = s.endpoint.security_stats();
+    assert_eq!(stats.connections, 0, "{stats:?}");
+    assert_eq!(stats.tracked_addresses, 0, "{stats:?}");
+    assert_eq!(stats.rate_limiters, 0, "{stats:?}");
+    assert!(s.endpoint.hub().is_empty());
+    let total = metric(s.addr, "nbio_ws_connections_total").await;
+    assert_eq!(total, (per_task * concurrency) as u64);
+    eprintln!(
+        "{total} connect/disconnect cycles in {:?}",
+        started.elapsed()
+    );
+    s.stop().await;
+}
+
+/// 10k cycles: about 5 s in a debug build on 2 cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_10k_leaves_no_state_behind() {
+    churn(10_000, 16).await;
+}

@@ -1,0 +1,6 @@
+use nbio_ws::rpc_method;
+
+#[rpc_method("")]
+fn empty() {}
+
+fn main() {}
