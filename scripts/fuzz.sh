@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Short, bounded cargo-fuzz runs of every target in nbio-ws/fuzz (CI).
 #
-#   FUZZ_SECONDS   time per target (default 30)
+#   FUZZ_RUNS      inputs per target (default 300000)
+#   FUZZ_SEED      libFuzzer seed (default 1: CI runs are repeatable)
+#   FUZZ_SECONDS   time cap per target (default 60)
 #   FUZZ_TARGETS   which targets (default: all, from `cargo fuzz list`)
 #
 # cargo-fuzz needs nightly compiler features; RUSTC_BOOTSTRAP=1 lets the
@@ -14,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../nbio-ws/fuzz"
 export RUSTC_BOOTSTRAP=1
-SECS=${FUZZ_SECONDS:-30}
+SECS=${FUZZ_SECONDS:-60}
+RUNS=${FUZZ_RUNS:-300000}
+SEED=${FUZZ_SEED:-1}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "cargo install cargo-fuzz"
@@ -28,11 +32,11 @@ trap 'rm -rf "$work"' EXIT
 # One build for all targets (release, debug assertions, AddressSanitizer).
 cargo fuzz build
 for t in $targets; do
-    echo "== fuzz $t for ${SECS}s"
+    echo "== fuzz $t: $RUNS inputs, seed $SEED, at most ${SECS}s"
     mkdir -p "$work/$t"
     # Bounded twice: libFuzzer's own clock, and a hard timeout around it.
     timeout --signal=KILL $((SECS + 120)) \
         cargo fuzz run "$t" "$work/$t" "corpus/$t" -- \
-        -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+        -seed="$SEED" -runs="$RUNS" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 done
-echo "fuzzing: all targets ran ${SECS}s without a failure"
+echo "fuzzing: every target ran without a failure"

@@ -266,7 +266,18 @@ fn parse_element(raw: &RawValue) -> Parsed<'_> {
     let id = match req.id {
         None => None,
         Some(raw) => match raw.get().as_bytes().first() {
-            Some(b'"' | b'-' | b'0'..=b'9') => Some(Id::from_raw(raw)),
+            Some(b'"') => Some(Id::from_raw(raw)),
+            // A number must also be one that JSON parsers can read back
+            // (1e400 is valid syntax but out of range for a double).
+            Some(b'-' | b'0'..=b'9') => {
+                if serde_json::from_str::<serde_json::Number>(raw.get()).is_err() {
+                    return Parsed::Invalid(
+                        Id::null(),
+                        RpcError::invalid_request("id is a number out of range"),
+                    );
+                }
+                Some(Id::from_raw(raw))
+            }
             Some(b'n') => Some(Id::from_raw(raw)),
             _ => {
                 return Parsed::Invalid(
@@ -479,6 +490,16 @@ mod tests {
             ("1".into(), -32600)
         );
         assert_eq!(invalid(r#"1"#), ("null".into(), -32600));
+        // Found by fuzzing: a number id out of f64 range would be echoed as
+        // JSON that parsers reject.
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","method":"m","id":1.5e403}"#),
+            ("null".into(), -32600)
+        );
+        assert_eq!(
+            invalid(r#"{"metho|d":"8y","id":1.5e403}"#),
+            ("null".into(), -32600)
+        );
         assert_eq!(invalid(r#""x""#), ("null".into(), -32600));
     }
 
