@@ -19,6 +19,7 @@
 //! | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | the Redis of the `redis` adapter |
 //! | `WS_NATS_URL` | `nats://127.0.0.1:4222` | the NATS server(s) of the `nats` adapter |
 //! | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel/subject the instances share |
+//! | `WS_PRESENCE_TTL` | `15s` | room members of an instance silent this long are dropped (crash healing) |
 //!
 //! See [`broker`](crate::broker) for what the pub/sub settings do.
 //!

@@ -231,13 +231,40 @@ impl WsEndpoint {
     pub fn metrics(&self) -> Response<Body> {
         let hub = &self.shared.hub;
         let mut body = hub.metrics().render(hub.len(), hub.started_at().elapsed());
-        if let Some(b) = hub.broker_health() {
+        let mut gauge = |name: &str, help: &str, value: usize| {
             body.push_str(&format!(
-                "# HELP nbio_ws_broker_connected Whether the pub/sub broker is reachable (adapter {}).\n\
-                 # TYPE nbio_ws_broker_connected gauge\nnbio_ws_broker_connected {}\n",
-                b.adapter,
-                u8::from(b.connected)
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
             ));
+        };
+        gauge(
+            "nbio_ws_rooms",
+            "Rooms with at least one member on this instance.",
+            hub.room_count(),
+        );
+        if let (Some(b), Some(link)) = (hub.broker_health(), hub.link()) {
+            gauge(
+                "nbio_ws_broker_connected",
+                &format!(
+                    "Whether the pub/sub broker is reachable (adapter {}).",
+                    b.adapter
+                ),
+                usize::from(b.connected),
+            );
+            gauge(
+                "nbio_ws_broker_room_subscriptions",
+                "Room channels this instance is subscribed to.",
+                link.room_subscriptions(),
+            );
+            gauge(
+                "nbio_ws_presence_remote_instances",
+                "Other instances whose room members are replicated here.",
+                hub.0.rooms.remote_instances(),
+            );
+            gauge(
+                "nbio_ws_presence_remote_members",
+                "Room memberships of other instances replicated here.",
+                hub.0.rooms.remote_members(),
+            );
         }
         body.push_str(&self.shared.gate.stats().render());
         let mut res = Response::new(Full::new(Bytes::from(body)));

@@ -56,7 +56,7 @@ pub(crate) struct HubInner {
     instance_id: u64,
     started: Instant,
     pub(crate) rooms: crate::rooms::Rooms,
-    broker: std::sync::OnceLock<crate::broker::link::Link>,
+    pub(crate) broker: std::sync::OnceLock<crate::broker::link::Link>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -120,17 +120,25 @@ impl Hub {
         self.0.broker.get().map(|l| l.status())
     }
 
+    /// The broker link, if a broker is attached.
+    pub(crate) fn link(&self) -> Option<&crate::broker::link::Link> {
+        self.0.broker.get()
+    }
+
     /// Attaches a broker (once; later calls are ignored) and starts its
-    /// tasks if a tokio runtime is running.
+    /// tasks if a tokio runtime is running. `ttl`: how long others keep
+    /// this instance's presence without a heartbeat.
     pub(crate) fn attach_broker(
         &self,
         broker: std::sync::Arc<dyn crate::broker::Broker>,
         channel: &str,
+        ttl: std::time::Duration,
     ) {
         let link = crate::broker::link::Link::new(
             broker,
             channel,
             self.0.instance_id,
+            ttl,
             Arc::clone(&self.0.metrics),
         );
         if self.0.broker.set(link).is_ok() {
@@ -165,7 +173,7 @@ impl Hub {
     /// Removes a client and its room memberships.
     pub(crate) fn unregister(&self, id: ClientId) -> Option<Client> {
         let client = self.0.clients.remove(&id).map(|(_, c)| c);
-        self.0.rooms.leave_all(id);
+        self.0.rooms.leave_all(self.link(), id);
         client
     }
 

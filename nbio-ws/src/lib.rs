@@ -89,6 +89,7 @@ pub mod hub;
 pub mod jsonrpc;
 pub mod limits;
 pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod router;
 pub mod server;

@@ -1,5 +1,5 @@
 //! Rooms and presence: named groups of clients, fan-out to a room, and
-//! who is in it.
+//! who is in it — on this instance and, with a broker, on all of them.
 //!
 //! ```
 //! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) {
@@ -20,21 +20,47 @@
 //! [`Hub::presence_events`]. Each member carries the JSON `meta` it joined
 //! with (a nickname, a user id), which is what [`Hub::members`] reports.
 //!
+//! ## Across instances
+//!
+//! With a [broker](crate::broker), rooms span every instance that shares
+//! it:
+//!
+//! - **Messages.** [`Hub::to`] delivers to the local members at once and
+//!   publishes the message (serialized once) on the room's own channel,
+//!   `{WS_PUBSUB_CHANNEL}.room.{room}`. An instance subscribes to that
+//!   channel when the room's first local member joins and unsubscribes when
+//!   the last one leaves, so it receives traffic only for rooms it has
+//!   members in — one Redis `SUBSCRIBE` (on one shared connection) or one
+//!   NATS subscription per such room, not a firehose.
+//!   [`Hub::room_ready`] waits until the subscription is confirmed.
+//! - **Presence.** Joins and leaves are replicated to every instance on
+//!   `{WS_PUBSUB_CHANNEL}.presence` (small entries: room, client id, meta),
+//!   with heartbeats and snapshots so that it heals after lost messages and
+//!   after an instance crashes (its members expire after the presence TTL,
+//!   15 s by default, `WS_PRESENCE_TTL`). So [`Hub::members`] lists the
+//!   members of every instance, answered from memory, and
+//!   [`Hub::presence_events`] reports remote joins and leaves (and
+//!   expiries) too. The model is eventual consistency; see
+//!   [`crate::presence`] for the protocol and its timings.
+//!
 //! The registry is a sharded map from room name to members, plus, per
 //! client, the list of its rooms (so a disconnect leaves them all without a
 //! scan).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::broker::envelope::{Entry as Wire, Presence, SnapshotMembers};
+use crate::broker::link::Link;
 use crate::client::{Client, ClientId, Outbound};
 use crate::hub::Hub;
 use crate::jsonrpc;
+use crate::presence::{Replica, Reply};
 
 /// A member of a room, as [`Hub::members`] reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +73,12 @@ pub struct Member {
 }
 
 /// A join or a leave.
+///
+/// Events of this instance's own clients (`remote: false`) are sent while
+/// the membership changes, in order; with a broker, those of other
+/// instances' clients (`remote: true`) follow as they are replicated here
+/// — including the `Left` of every member of an instance that went silent
+/// for the presence TTL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PresenceEvent {
@@ -56,6 +88,8 @@ pub enum PresenceEvent {
         room: String,
         /// Who joined.
         member: Member,
+        /// Whether the client is connected to another instance.
+        remote: bool,
     },
     /// A client left a room (or disconnected while in it).
     Left {
@@ -63,7 +97,32 @@ pub enum PresenceEvent {
         room: String,
         /// Who left.
         member: Member,
+        /// Whether the client is (or was) connected to another instance.
+        remote: bool,
     },
+}
+
+impl PresenceEvent {
+    /// The room.
+    pub fn room(&self) -> &str {
+        match self {
+            PresenceEvent::Joined { room, .. } | PresenceEvent::Left { room, .. } => room,
+        }
+    }
+
+    /// Who joined or left.
+    pub fn member(&self) -> &Member {
+        match self {
+            PresenceEvent::Joined { member, .. } | PresenceEvent::Left { member, .. } => member,
+        }
+    }
+
+    /// Whether the member is on another instance.
+    pub fn is_remote(&self) -> bool {
+        match self {
+            PresenceEvent::Joined { remote, .. } | PresenceEvent::Left { remote, .. } => *remote,
+        }
+    }
 }
 
 struct Entry {
@@ -76,6 +135,12 @@ pub(crate) struct Rooms {
     rooms: DashMap<Arc<str>, HashMap<ClientId, Entry>>,
     by_client: DashMap<ClientId, Vec<Arc<str>>>,
     events: broadcast::Sender<PresenceEvent>,
+    /// The presence version: bumped by every local join and leave. The
+    /// lock also serializes membership changes with their publication, so
+    /// versions go out in order and snapshots are consistent.
+    version: Mutex<u64>,
+    /// The other instances' members.
+    remote: Replica,
 }
 
 impl Default for Rooms {
@@ -84,45 +149,80 @@ impl Default for Rooms {
             rooms: DashMap::new(),
             by_client: DashMap::new(),
             events: broadcast::channel(1024).0,
+            version: Mutex::new(0),
+            remote: Replica::default(),
         }
     }
 }
 
+fn meta_json(meta: &serde_json::Value) -> Bytes {
+    serde_json::to_vec(meta)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(b"null"))
+}
+
 impl Rooms {
-    fn join(&self, client: &Client, room: &str, meta: serde_json::Value) -> bool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.version.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn join(
+        &self,
+        link: Option<&Link>,
+        client: &Client,
+        room: &str,
+        meta: serde_json::Value,
+    ) -> bool {
+        let mut version = self.lock();
         let name: Arc<str> = match self.rooms.get(room) {
             Some(e) => Arc::clone(e.key()),
             None => Arc::from(room),
         };
-        let member = Member {
-            client: client.id(),
-            meta: meta.clone(),
+        let (fresh, new_room) = {
+            let mut new_room = false;
+            let mut members = self.rooms.entry(Arc::clone(&name)).or_insert_with(|| {
+                new_room = true;
+                HashMap::new()
+            });
+            let previous = members.insert(
+                client.id(),
+                Entry {
+                    client: client.clone(),
+                    meta: meta.clone(),
+                },
+            );
+            (previous.is_none(), new_room)
         };
-        let fresh = {
-            let mut members = self.rooms.entry(Arc::clone(&name)).or_default();
-            members
-                .insert(
-                    client.id(),
-                    Entry {
-                        client: client.clone(),
-                        meta,
-                    },
-                )
-                .is_none()
-        };
+        if new_room {
+            if let Some(link) = link {
+                link.room_subscribe(&name);
+            }
+        }
         if fresh {
-            self.by_client.entry(client.id()).or_default().push(name);
+            *version += 1;
+            self.by_client
+                .entry(client.id())
+                .or_default()
+                .push(Arc::clone(&name));
+            if let Some(link) = link {
+                link.queue(Wire::presence_join(*version, &name, client.id(), &meta));
+            }
             // A repeated join only updates the member's data: no event.
             let _ = self.events.send(PresenceEvent::Joined {
                 room: room.to_owned(),
-                member,
+                member: Member {
+                    client: client.id(),
+                    meta,
+                },
+                remote: false,
             });
         }
         fresh
     }
 
-    fn leave(&self, id: ClientId, room: &str) -> bool {
-        let removed = self.remove_member(id, room);
+    fn leave(&self, link: Option<&Link>, id: ClientId, room: &str) -> bool {
+        let mut version = self.lock();
+        let removed = self.remove_member(link, &mut version, id, room);
         if removed {
             if let Some(mut rooms) = self.by_client.get_mut(&id) {
                 rooms.retain(|r| &**r != room);
@@ -132,32 +232,46 @@ impl Rooms {
         removed
     }
 
-    fn remove_member(&self, id: ClientId, room: &str) -> bool {
+    fn remove_member(
+        &self,
+        link: Option<&Link>,
+        version: &mut u64,
+        id: ClientId,
+        room: &str,
+    ) -> bool {
         let entry = match self.rooms.get_mut(room) {
             Some(mut members) => members.remove(&id),
             None => None,
         };
-        self.rooms.remove_if(room, |_, members| members.is_empty());
-        match entry {
-            Some(e) => {
-                let _ = self.events.send(PresenceEvent::Left {
-                    room: room.to_owned(),
-                    member: Member {
-                        client: id,
-                        meta: e.meta,
-                    },
-                });
-                true
+        if let Some((name, _)) = self.rooms.remove_if(room, |_, members| members.is_empty()) {
+            if let Some(link) = link {
+                link.room_unsubscribe(&name);
             }
-            None => false,
         }
+        let Some(e) = entry else {
+            return false;
+        };
+        *version += 1;
+        if let Some(link) = link {
+            link.queue(Wire::presence_leave(*version, room, id));
+        }
+        let _ = self.events.send(PresenceEvent::Left {
+            room: room.to_owned(),
+            member: Member {
+                client: id,
+                meta: e.meta,
+            },
+            remote: false,
+        });
+        true
     }
 
     /// Drops every membership of a client (on disconnect).
-    pub(crate) fn leave_all(&self, id: ClientId) {
+    pub(crate) fn leave_all(&self, link: Option<&Link>, id: ClientId) {
         if let Some((_, rooms)) = self.by_client.remove(&id) {
+            let mut version = self.lock();
             for room in rooms {
-                self.remove_member(id, &room);
+                self.remove_member(link, &mut version, id, &room);
             }
         }
     }
@@ -182,11 +296,14 @@ impl Rooms {
                     .collect()
             })
             .unwrap_or_default();
+        self.remote.members(room, &mut out);
         out.sort_by_key(|m| m.client);
+        out.dedup_by_key(|m| m.client);
         out
     }
 
-    fn send(&self, room: &str, except: Option<ClientId>, bytes: &Bytes) -> usize {
+    /// Queues an encoded message for the local members of `room`.
+    pub(crate) fn send(&self, room: &str, except: Option<ClientId>, bytes: &Bytes) -> usize {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
@@ -201,6 +318,65 @@ impl Rooms {
     pub(crate) fn room_count(&self) -> usize {
         self.rooms.len()
     }
+
+    /// The current presence version.
+    pub(crate) fn version(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Subscribes the link to every room that has local members.
+    pub(crate) fn subscribe_all(&self, link: &Link) {
+        let _version = self.lock();
+        let names: Vec<Arc<str>> = self.rooms.iter().map(|e| Arc::clone(e.key())).collect();
+        for name in names {
+            link.room_subscribe(&name);
+        }
+    }
+
+    /// Hands this instance's memberships to `part`, in parts of about
+    /// `part_bytes`, with the version they reflect; membership changes wait
+    /// meanwhile, so the parts are queued before any later join or leave.
+    pub(crate) fn snapshot(
+        &self,
+        part_bytes: usize,
+        mut part: impl FnMut(u64, SnapshotMembers, bool),
+    ) {
+        let version = self.lock();
+        let mut members = Vec::new();
+        let mut bytes = 0;
+        for room in self.rooms.iter() {
+            for (id, e) in room.value() {
+                let meta = meta_json(&e.meta);
+                bytes += 16 + room.key().len() + meta.len();
+                members.push((Arc::clone(room.key()), *id, meta));
+                if bytes >= part_bytes {
+                    part(*version, std::mem::take(&mut members), false);
+                    bytes = 0;
+                }
+            }
+        }
+        part(*version, members, true);
+    }
+
+    /// Applies a presence entry from another instance.
+    pub(crate) fn apply_remote(&self, me: u64, origin: u64, entry: Presence) -> Reply {
+        self.remote.apply(me, origin, entry, &self.events)
+    }
+
+    /// Drops the members of instances that went silent.
+    pub(crate) fn expire_remote(&self) {
+        self.remote.expire(&self.events);
+    }
+
+    /// Members of other instances known here.
+    pub(crate) fn remote_members(&self) -> usize {
+        self.remote.len()
+    }
+
+    /// Other instances known here.
+    pub(crate) fn remote_instances(&self) -> usize {
+        self.remote.instances()
+    }
 }
 
 impl Client {
@@ -212,10 +388,17 @@ impl Client {
 
     /// Joins `room` with presence data (`meta`, e.g. `{"nick": "ada"}`),
     /// which [`Hub::members`] reports. Joining again updates the data
-    /// without a new [`PresenceEvent::Joined`].
+    /// without a new [`PresenceEvent::Joined`] (and, with a broker, without
+    /// telling the other instances: their view keeps the first `meta`
+    /// until the next snapshot).
+    ///
+    /// With a broker, the first local member of a room makes this instance
+    /// subscribe to the room's channel; await [`Hub::room_ready`] before
+    /// telling the client it is in (so that it gets every message sent
+    /// from other instances after that).
     pub fn join_with(&self, room: &str, meta: serde_json::Value) -> bool {
         match self.hub() {
-            Some(hub) => hub.0.rooms.join(self, room, meta),
+            Some(hub) => hub.0.rooms.join(hub.link(), self, room, meta),
             None => false,
         }
     }
@@ -223,7 +406,7 @@ impl Client {
     /// Leaves `room`. Returns `false` if the client was not a member.
     pub fn leave(&self, room: &str) -> bool {
         match self.hub() {
-            Some(hub) => hub.0.rooms.leave(self.id(), room),
+            Some(hub) => hub.0.rooms.leave(hub.link(), self.id(), room),
             None => false,
         }
     }
@@ -253,6 +436,7 @@ pub struct RoomSender<'h> {
     hub: &'h Hub,
     room: String,
     except: Option<ClientId>,
+    local: bool,
 }
 
 impl RoomSender<'_> {
@@ -262,8 +446,19 @@ impl RoomSender<'_> {
         self
     }
 
+    /// Only the members connected to this instance: nothing is published
+    /// to the other instances. For what every instance sends its own
+    /// members anyway, such as a notice driven by
+    /// [`Hub::presence_events`] (which every instance receives).
+    pub fn local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+
     /// Sends the notification `method(params)`, serialized once, to every
-    /// member. Returns how many clients it was queued for.
+    /// member: those of this instance at once, those of other instances
+    /// through the broker (if any). Returns how many local clients it was
+    /// queued for.
     pub fn notify<P: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -273,31 +468,58 @@ impl RoomSender<'_> {
         Ok(self.send_text(bytes))
     }
 
-    /// Queues an encoded text message for every member.
+    /// Queues an encoded text message for every member (and publishes it
+    /// for the other instances, unless [`local`](Self::local)). Returns how
+    /// many local clients it was queued for.
     pub fn send_text(&self, bytes: Bytes) -> usize {
+        if !self.local {
+            if let Some(link) = self.hub.link() {
+                link.queue(Wire::Room {
+                    room: Arc::from(self.room.as_str()),
+                    except: self.except,
+                    text: bytes.clone(),
+                });
+            }
+        }
         self.hub.metrics().broadcast();
         self.hub.0.rooms.send(&self.room, self.except, &bytes)
     }
 }
 
 impl Hub {
-    /// Addresses the members of `room`.
+    /// Addresses the members of `room`, on every instance.
     pub fn to(&self, room: &str) -> RoomSender<'_> {
         RoomSender {
             hub: self,
             room: room.to_owned(),
             except: None,
+            local: false,
         }
     }
 
-    /// The members of `room`, sorted by client id.
+    /// The members of `room`, sorted by client id: this instance's, and,
+    /// with a broker, those of the other instances as replicated here
+    /// (eventually consistent: see [`crate::presence`]).
     pub async fn members(&self, room: &str) -> Vec<Member> {
         self.0.rooms.members(room)
     }
 
+    /// Resolves once this instance receives what the other instances send
+    /// to `room` — that is, once the broker confirmed the room's
+    /// subscription, made when its first local member joined. At once
+    /// without a broker or when the room has no local member; waits at
+    /// most 2 s.
+    pub async fn room_ready(&self, room: &str) {
+        if let Some(link) = self.link() {
+            link.room_ready(room).await;
+        }
+    }
+
     /// A stream of joins and leaves (including leaves caused by
-    /// disconnects). A receiver that falls more than 1024 events behind
-    /// gets `RecvError::Lagged` and skips ahead.
+    /// disconnects). With a broker it also carries those of the other
+    /// instances, and leaves for the members of an instance that went
+    /// silent for the presence TTL. A receiver that falls more than 1024
+    /// events behind gets `RecvError::Lagged` and skips ahead.
     pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent> {
         self.0.rooms.events.subscribe()
     }
@@ -336,7 +558,7 @@ mod tests {
         assert!(b.leave("r"));
         assert!(!b.leave("r"));
         assert_eq!(hub.members("r").await.len(), 1);
-        hub.0.rooms.leave_all(a.id());
+        hub.0.rooms.leave_all(None, a.id());
         assert!(hub.members("r").await.is_empty());
         assert_eq!(hub.room_count(), 1);
         let mut seen = Vec::new();

@@ -417,7 +417,7 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
         if let Some(b) = broker {
-            hub.attach_broker(b, &cfg.pubsub.channel);
+            hub.attach_broker(b, &cfg.pubsub.channel, cfg.pubsub.presence_ttl);
         }
         let mode = match self.raw {
             Some(raw) => Mode::Raw(raw),

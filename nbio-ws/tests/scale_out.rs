@@ -18,12 +18,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::broker::{Backend, Kind};
 use common::{TestServer, WsClient};
 use futures_util::{SinkExt, StreamExt};
-use nbio_ws::broker::{LocalBroker, PubSubConfig};
 use nbio_ws::{Client, ClientId, Hub, Params, RpcError, Server, ServerBuilder};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -71,129 +70,6 @@ fn app() -> ServerBuilder {
                 Ok::<_, RpcError>(true)
             },
         )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[allow(dead_code)] // Redis and Nats only with their features
-enum Kind {
-    Local,
-    Redis,
-    Nats,
-}
-
-/// The broker under test: an in-process one, or a real server process on
-/// a fixed loopback port (killed on drop).
-struct Backend {
-    kind: Kind,
-    port: u16,
-    local: LocalBroker,
-    child: Option<Child>,
-}
-
-impl Backend {
-    async fn start(kind: Kind) -> Backend {
-        let mut b = Backend {
-            kind,
-            port: free_port(),
-            local: LocalBroker::new(),
-            child: None,
-        };
-        b.up().await;
-        b
-    }
-
-    fn url(&self) -> String {
-        match self.kind {
-            Kind::Local => String::new(),
-            Kind::Redis => format!("redis://127.0.0.1:{}/0", self.port),
-            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
-        }
-    }
-
-    fn builder(&self, channel: &str) -> ServerBuilder {
-        match self.kind {
-            Kind::Local => app()
-                .pubsub(PubSubConfig::new(nbio_ws::broker::Adapter::Local).channel(channel))
-                .broker(self.local.clone()),
-            Kind::Redis => app().pubsub(PubSubConfig::redis(self.url()).channel(channel)),
-            Kind::Nats => app().pubsub(PubSubConfig::nats(self.url()).channel(channel)),
-        }
-    }
-
-    /// Starts the broker (on the same port as before) and waits until it
-    /// accepts connections.
-    async fn up(&mut self) {
-        let port = self.port.to_string();
-        let mut cmd = match self.kind {
-            Kind::Local => {
-                self.local.set_connected(true);
-                return;
-            }
-            Kind::Redis => {
-                let mut c = Command::new("redis-server");
-                c.args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]);
-                c
-            }
-            Kind::Nats => {
-                let mut c = Command::new("nats-server");
-                c.args(["-a", "127.0.0.1", "-p", &port]);
-                c
-            }
-        };
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?} (is it installed?): {e}", self.kind));
-        self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!(
-            "{:?} did not listen on port {} in time",
-            self.kind, self.port
-        );
-    }
-
-    /// Takes the broker down hard (SIGKILL for a real server).
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if self.kind == Kind::Local {
-            self.local.set_connected(false);
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.down();
-    }
 }
 
 /// A client and everything it has received so far.
@@ -414,7 +290,7 @@ async fn scale_out(kind: Kind) {
     let channel = format!("nbio-test.{}.{}", std::process::id(), backend.port);
     let mut servers = Vec::new();
     for _ in 0..INSTANCES {
-        servers.push(TestServer::start(backend.builder(&channel)).await);
+        servers.push(TestServer::start(backend.builder(app(), &channel)).await);
     }
     wait_broker(&servers, true).await;
     for s in &servers {
@@ -582,8 +458,8 @@ async fn starts_without_broker(kind: Kind) {
     let mut backend = Backend::start(kind).await;
     backend.down();
     let channel = format!("nbio-test-late.{}", backend.port);
-    let a = TestServer::start(backend.builder(&channel)).await;
-    let b = TestServer::start(backend.builder(&channel)).await;
+    let a = TestServer::start(backend.builder(app(), &channel)).await;
+    let b = TestServer::start(backend.builder(app(), &channel)).await;
     let (code, h) = health(&a).await;
     assert_eq!((code, h["status"].as_str()), (200, Some("degraded")), "{h}");
     let mut c = Peer::connect(&a.url("/ws")).await;

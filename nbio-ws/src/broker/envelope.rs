@@ -1,34 +1,47 @@
 //! The envelope instances exchange through the broker.
 //!
-//! One broker message carries one or more JSON-RPC messages that the
-//! origin's publisher found waiting in its queue (batching keeps the
-//! broker's per-message cost off the hot path at high rates without adding
-//! any delay: nothing waits for a batch to fill). Binary, big-endian:
+//! One broker message carries one or more entries that the origin's
+//! publisher found waiting in its queue for the same channel (batching
+//! keeps the broker's per-message cost off the hot path at high rates
+//! without adding any delay: nothing waits for a batch to fill). Binary,
+//! big-endian:
 //!
 //! ```text
 //! 0      1        2          10         18
 //! +------+--------+----------+----------+---------------------------+
-//! | 0x4E | ver=1  | origin   | first    | entries...                |
+//! | 0x4E | ver=2  | origin   | first    | entries...                |
 //! | 'N'  |        | (u64)    | seq (u64)|                           |
 //! +------+--------+----------+----------+---------------------------+
-//! entry: 'B' len(u32) text            a broadcast
-//!        'D' client(u64) len(u32) text a message for one client
+//! str  = len(u32) UTF-8 bytes
+//! entry: 'B' str(text)                           a broadcast
+//!        'D' client(u64) str(text)               a message for one client
+//!        'R' str(room) except(u64) str(text)     a message for a room (except: 0 = none)
+//!        'J' version(u64) str(room) client(u64) str(meta JSON)   a join
+//!        'L' version(u64) str(room) client(u64)                  a leave
+//!        'H' version(u64) ttl_ms(u32)            presence heartbeat
+//!        'S' version(u64) last(u8) count(u32) count × (str(room) client(u64) str(meta))
+//!                                                a part of a presence snapshot
+//!        'Q' target(u64)                         "send your snapshot" (0: everyone)
+//!        'X'                                     the origin is shutting down
 //! ```
 //!
 //! `origin` is the publishing hub's random instance id (an instance skips
 //! its own envelopes: it delivered them locally already). Entries are
-//! numbered from `first seq` on, consecutively per origin; a receiver
-//! skips entries it has already seen (a broker that redelivers cannot
-//! cause duplicates) and counts holes as lost messages. `text` is the
-//! encoded JSON-RPC message, sent to clients as is; it is checked to be
-//! UTF-8 (it goes out in a text frame) but not parsed.
+//! numbered from `first seq` on, consecutively per origin and channel; a
+//! receiver skips entries it has already seen (a broker that redelivers
+//! cannot cause duplicates) and counts holes as lost messages. `text` is
+//! the encoded JSON-RPC message, sent to clients as is; it is checked to
+//! be UTF-8 (it goes out in a text frame) but not parsed. The presence
+//! entries are described in [`crate::presence`].
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::client::ClientId;
 
 const MAGIC: u8 = b'N';
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 18;
 
 /// One message to carry.
@@ -38,6 +51,57 @@ pub(crate) enum Entry {
     Broadcast(Bytes),
     /// For one client, wherever it is connected.
     Direct(ClientId, Bytes),
+    /// For the members of a room on the other instances.
+    Room {
+        room: Arc<str>,
+        except: Option<ClientId>,
+        text: Bytes,
+    },
+    /// Presence replication.
+    Presence(Presence),
+}
+
+/// Memberships as a snapshot carries them: room, client, meta (JSON).
+pub(crate) type SnapshotMembers = Vec<(Arc<str>, ClientId, Bytes)>;
+
+/// The presence entries (see [`crate::presence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Presence {
+    Join {
+        version: u64,
+        room: Arc<str>,
+        client: ClientId,
+        meta: Bytes,
+    },
+    Leave {
+        version: u64,
+        room: Arc<str>,
+        client: ClientId,
+    },
+    Heartbeat {
+        version: u64,
+        ttl_ms: u32,
+    },
+    Snapshot {
+        version: u64,
+        last: bool,
+        members: SnapshotMembers,
+    },
+    SyncRequest {
+        target: u64,
+    },
+    Gone,
+}
+
+/// Which channel an entry travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    /// The channel every instance shares (`WS_PUBSUB_CHANNEL`).
+    Main,
+    /// The presence channel.
+    Presence,
+    /// A room's channel.
+    Room(&'a str),
 }
 
 impl Entry {
@@ -46,6 +110,56 @@ impl Entry {
         match self {
             Entry::Broadcast(b) => 5 + b.len(),
             Entry::Direct(_, b) => 13 + b.len(),
+            Entry::Room { room, text, .. } => 17 + room.len() + text.len(),
+            Entry::Presence(p) => match p {
+                Presence::Join { room, meta, .. } => 25 + room.len() + meta.len(),
+                Presence::Leave { room, .. } => 21 + room.len(),
+                Presence::Heartbeat { .. } => 13,
+                Presence::Snapshot { members, .. } => {
+                    14 + members
+                        .iter()
+                        .map(|(r, _, m)| 16 + r.len() + m.len())
+                        .sum::<usize>()
+                }
+                Presence::SyncRequest { .. } => 9,
+                Presence::Gone => 1,
+            },
+        }
+    }
+
+    /// A join, as published.
+    pub(crate) fn presence_join(
+        version: u64,
+        room: &Arc<str>,
+        client: ClientId,
+        meta: &serde_json::Value,
+    ) -> Entry {
+        let meta = serde_json::to_vec(meta)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(b"null"));
+        Entry::Presence(Presence::Join {
+            version,
+            room: Arc::clone(room),
+            client,
+            meta,
+        })
+    }
+
+    /// A leave, as published.
+    pub(crate) fn presence_leave(version: u64, room: &str, client: ClientId) -> Entry {
+        Entry::Presence(Presence::Leave {
+            version,
+            room: Arc::from(room),
+            client,
+        })
+    }
+
+    /// The channel the entry goes to.
+    pub(crate) fn route(&self) -> Route<'_> {
+        match self {
+            Entry::Broadcast(_) | Entry::Direct(..) => Route::Main,
+            Entry::Room { room, .. } => Route::Room(room),
+            Entry::Presence(_) => Route::Presence,
         }
     }
 }
@@ -62,19 +176,72 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
         match e {
             Entry::Broadcast(text) => {
                 out.put_u8(b'B');
-                put_text(&mut out, text);
+                put_str(&mut out, text);
             }
             Entry::Direct(id, text) => {
                 out.put_u8(b'D');
                 out.put_u64(id.0);
-                put_text(&mut out, text);
+                put_str(&mut out, text);
             }
+            Entry::Room { room, except, text } => {
+                out.put_u8(b'R');
+                put_str(&mut out, room.as_bytes());
+                out.put_u64(except.map_or(0, |c| c.0));
+                put_str(&mut out, text);
+            }
+            Entry::Presence(Presence::Join {
+                version,
+                room,
+                client,
+                meta,
+            }) => {
+                out.put_u8(b'J');
+                out.put_u64(*version);
+                put_str(&mut out, room.as_bytes());
+                out.put_u64(client.0);
+                put_str(&mut out, meta);
+            }
+            Entry::Presence(Presence::Leave {
+                version,
+                room,
+                client,
+            }) => {
+                out.put_u8(b'L');
+                out.put_u64(*version);
+                put_str(&mut out, room.as_bytes());
+                out.put_u64(client.0);
+            }
+            Entry::Presence(Presence::Heartbeat { version, ttl_ms }) => {
+                out.put_u8(b'H');
+                out.put_u64(*version);
+                out.put_u32(*ttl_ms);
+            }
+            Entry::Presence(Presence::Snapshot {
+                version,
+                last,
+                members,
+            }) => {
+                out.put_u8(b'S');
+                out.put_u64(*version);
+                out.put_u8(u8::from(*last));
+                out.put_u32(u32::try_from(members.len()).unwrap_or(u32::MAX));
+                for (room, client, meta) in members {
+                    put_str(&mut out, room.as_bytes());
+                    out.put_u64(client.0);
+                    put_str(&mut out, meta);
+                }
+            }
+            Entry::Presence(Presence::SyncRequest { target }) => {
+                out.put_u8(b'Q');
+                out.put_u64(*target);
+            }
+            Entry::Presence(Presence::Gone) => out.put_u8(b'X'),
         }
     }
     out.freeze()
 }
 
-fn put_text(out: &mut BytesMut, text: &[u8]) {
+fn put_str(out: &mut BytesMut, text: &[u8]) {
     // Texts are bounded by the queue's batch limit and the broker's
     // message size, far below 4 GiB; saturate rather than wrap.
     out.put_u32(u32::try_from(text.len()).unwrap_or(u32::MAX));
@@ -126,34 +293,65 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
     }
     let origin = read_u64(&buf, 2)?;
     let first_seq = read_u64(&buf, 10)?;
+    let mut r = Reader {
+        buf: &buf,
+        at: HEADER,
+    };
     let mut entries = Vec::new();
-    let mut at = HEADER;
-    while at < buf.len() {
-        let kind = buf[at];
-        at += 1;
-        let target = match kind {
-            b'B' => None,
+    while r.at < buf.len() {
+        let kind = r.u8()?;
+        entries.push(match kind {
+            b'B' => Entry::Broadcast(r.text()?),
             b'D' => {
-                let id = read_u64(&buf, at)?;
-                at += 8;
-                Some(ClientId(id))
+                let id = ClientId(r.u64()?);
+                Entry::Direct(id, r.text()?)
             }
+            b'R' => {
+                let room = r.name()?;
+                let except = Some(r.u64()?).filter(|&c| c != 0).map(ClientId);
+                Entry::Room {
+                    room,
+                    except,
+                    text: r.text()?,
+                }
+            }
+            b'J' => Entry::Presence(Presence::Join {
+                version: r.u64()?,
+                room: r.name()?,
+                client: ClientId(r.u64()?),
+                meta: r.text()?,
+            }),
+            b'L' => Entry::Presence(Presence::Leave {
+                version: r.u64()?,
+                room: r.name()?,
+                client: ClientId(r.u64()?),
+            }),
+            b'H' => Entry::Presence(Presence::Heartbeat {
+                version: r.u64()?,
+                ttl_ms: r.u32()?,
+            }),
+            b'S' => {
+                let version = r.u64()?;
+                let last = r.u8()? != 0;
+                let count = r.u32()?;
+                // Each member takes at least 16 bytes: a count that cannot
+                // fit is a lie, not a reason to allocate.
+                let room_left = (buf.len() - r.at) / 16;
+                let mut members = Vec::with_capacity((count as usize).min(room_left));
+                for _ in 0..count {
+                    let room = r.name()?;
+                    let client = ClientId(r.u64()?);
+                    members.push((room, client, r.text()?));
+                }
+                Entry::Presence(Presence::Snapshot {
+                    version,
+                    last,
+                    members,
+                })
+            }
+            b'Q' => Entry::Presence(Presence::SyncRequest { target: r.u64()? }),
+            b'X' => Entry::Presence(Presence::Gone),
             other => return Err(DecodeError::Kind(other)),
-        };
-        let len = usize::try_from(read_u32(&buf, at)?).map_err(|_| DecodeError::Truncated)?;
-        at += 4;
-        let end = at.checked_add(len).ok_or(DecodeError::Truncated)?;
-        if end > buf.len() {
-            return Err(DecodeError::Truncated);
-        }
-        if std::str::from_utf8(&buf[at..end]).is_err() {
-            return Err(DecodeError::Utf8);
-        }
-        let text = buf.slice(at..end);
-        at = end;
-        entries.push(match target {
-            None => Entry::Broadcast(text),
-            Some(id) => Entry::Direct(id, text),
         });
     }
     Ok(Envelope {
@@ -161,6 +359,56 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
         first_seq,
         entries,
     })
+}
+
+/// A cursor over a received envelope.
+struct Reader<'a> {
+    buf: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        let v = *self.buf.get(self.at).ok_or(DecodeError::Truncated)?;
+        self.at += 1;
+        Ok(v)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let v = read_u32(self.buf, self.at)?;
+        self.at += 4;
+        Ok(v)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let v = read_u64(self.buf, self.at)?;
+        self.at += 8;
+        Ok(v)
+    }
+
+    /// A length-prefixed UTF-8 string, as a slice of the buffer (no copy).
+    fn text(&mut self) -> Result<Bytes, DecodeError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        let end = self.at.checked_add(len).ok_or(DecodeError::Truncated)?;
+        if end > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        if std::str::from_utf8(&self.buf[self.at..end]).is_err() {
+            return Err(DecodeError::Utf8);
+        }
+        let text = self.buf.slice(self.at..end);
+        self.at = end;
+        Ok(text)
+    }
+
+    /// A room name.
+    fn name(&mut self) -> Result<Arc<str>, DecodeError> {
+        let text = self.text()?;
+        // Checked to be UTF-8 by `text`.
+        std::str::from_utf8(&text)
+            .map(Arc::from)
+            .map_err(|_| DecodeError::Utf8)
+    }
 }
 
 fn read_u64(buf: &[u8], at: usize) -> Result<u64, DecodeError> {
@@ -187,6 +435,41 @@ mod tests {
             Entry::Broadcast(Bytes::from_static(br#"{"jsonrpc":"2.0","method":"m"}"#)),
             Entry::Direct(ClientId(42), Bytes::from_static("é".as_bytes())),
             Entry::Broadcast(Bytes::new()),
+            Entry::Room {
+                room: Arc::from("lobby"),
+                except: Some(ClientId(9)),
+                text: Bytes::from_static(b"{}"),
+            },
+            Entry::Room {
+                room: Arc::from("Zoë's room"),
+                except: None,
+                text: Bytes::from_static(b"[]"),
+            },
+            Entry::presence_join(
+                3,
+                &Arc::from("lobby"),
+                ClientId(5),
+                &serde_json::json!({"nick": "ada"}),
+            ),
+            Entry::presence_leave(4, "lobby", ClientId(5)),
+            Entry::Presence(Presence::Heartbeat {
+                version: 4,
+                ttl_ms: 15_000,
+            }),
+            Entry::Presence(Presence::Snapshot {
+                version: 4,
+                last: true,
+                members: vec![
+                    (Arc::from("a"), ClientId(1), Bytes::from_static(b"null")),
+                    (
+                        Arc::from("b"),
+                        ClientId(2),
+                        Bytes::from_static(br#"{"x":1}"#),
+                    ),
+                ],
+            }),
+            Entry::Presence(Presence::SyncRequest { target: 77 }),
+            Entry::Presence(Presence::Gone),
         ];
         let buf = encode(7, 100, &entries);
         assert_eq!(
@@ -198,6 +481,23 @@ mod tests {
         assert_eq!(env.origin, 7);
         assert_eq!(env.first_seq, 100);
         assert_eq!(env.entries, entries);
+    }
+
+    #[test]
+    fn a_lying_snapshot_count_allocates_nothing_and_fails() {
+        let mut v = encode(
+            1,
+            0,
+            &[Entry::Presence(Presence::Snapshot {
+                version: 1,
+                last: true,
+                members: vec![],
+            })],
+        )
+        .to_vec();
+        let count_at = HEADER + 1 + 8 + 1;
+        v[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Truncated);
     }
 
     #[test]
@@ -219,8 +519,8 @@ mod tests {
         v[1] = 9;
         assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Version(9));
         let mut v = good.to_vec();
-        v[HEADER] = b'X';
-        assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Kind(b'X'));
+        v[HEADER] = b'Z';
+        assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Kind(b'Z'));
         let bad = encode(1, 0, &[Entry::Broadcast(Bytes::from_static(b"\xff\xfe"))]);
         assert_eq!(decode(bad).unwrap_err(), DecodeError::Utf8);
         let mut v = encode(1, 0, &[Entry::Broadcast(Bytes::from_static(b"abc"))]).to_vec();

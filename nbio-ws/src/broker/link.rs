@@ -1,24 +1,27 @@
 //! A hub's connection to its broker: the ordered publish queue, the one
-//! publisher task that drains it, and the one receiver task that delivers
-//! what other instances published.
+//! publisher task that drains it, the receiver tasks that deliver what
+//! other instances published (one for the shared channel, one for
+//! presence, one per room with local members), and the presence task
+//! (heartbeats, expiry, snapshots).
 //!
-//! Both tasks are owned by the hub: dropping the last handle to the hub
+//! Every task is owned by the hub: dropping the last handle to the hub
 //! (or [`Link::stop`] at server shutdown) ends them, and the backend's own
-//! tasks end when the subscription they feed is dropped.
+//! tasks end when the subscriptions they feed are dropped.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{self, Entry};
+use super::envelope::{self, Entry, Presence, Route};
 use super::{Broker, BrokerStatus, Subscription};
 use crate::hub::{Hub, HubInner};
 use crate::metrics::Metrics;
+use crate::presence::{Reply, SNAPSHOT_PART_BYTES};
 
 /// Entries waiting to be published. A broadcast that finds the queue full
 /// (the broker is far slower than the handlers) is not published and is
@@ -35,6 +38,10 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Origins remembered for duplicate and loss detection.
 const MAX_ORIGINS: usize = 4096;
+/// Fewest time between two snapshots of this instance's presence.
+const SNAPSHOT_SPACING: Duration = Duration::from_millis(100);
+/// Longest [`Link::room_ready`] waits.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) const PUBLISHED: &str = "broker_messages_published";
 pub(crate) const PUBLISH_FAILURES: &str = "broker_publish_failures";
@@ -43,18 +50,63 @@ pub(crate) const LOST: &str = "broker_messages_lost";
 pub(crate) const DUPLICATES: &str = "broker_duplicates_dropped";
 pub(crate) const INVALID: &str = "broker_invalid_messages";
 
+/// The channel of a room: `{base}.room.{room}` for names made of ASCII
+/// letters, digits, `-` and `_` (up to 128 bytes), else
+/// `{base}.roomh.{FNV-1a of the name, hex}` — a name valid for every
+/// backend (NATS subjects may not hold spaces, `*`, `>` or empty tokens).
+/// Two rooms that share a hashed channel cost each other traffic, never
+/// messages: entries carry the room name and are delivered by it.
+pub(crate) fn room_channel(base: &str, room: &str) -> String {
+    let plain = !room.is_empty()
+        && room.len() <= 128
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        format!("{base}.room.{room}")
+    } else {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in room.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{base}.roomh.{h:016x}")
+    }
+}
+
+/// What a receiver task reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Main,
+    Presence,
+    Room,
+}
+
+/// A room subscription of this instance.
+struct RoomSub {
+    cancel: CancellationToken,
+    ready: watch::Receiver<bool>,
+}
+
 /// A hub's broker, its queue and its tasks.
 pub(crate) struct Link {
     broker: Arc<dyn Broker>,
     channel: Arc<str>,
+    presence_channel: Arc<str>,
     /// This instance's id in envelopes.
     origin: u64,
+    /// Presence entries of a silent instance are dropped after this.
+    ttl: Duration,
     tx: mpsc::Sender<Entry>,
     /// The queue's receiving end until the publisher task takes it.
     pending: Mutex<Option<mpsc::Receiver<Entry>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The hub, once started (room subscriptions need it).
+    hub: OnceLock<Weak<HubInner>>,
+    rooms: Mutex<HashMap<Arc<str>, RoomSub>>,
+    snapshot_wanted: Arc<Notify>,
 }
 
 impl Link {
@@ -62,6 +114,7 @@ impl Link {
         broker: Arc<dyn Broker>,
         channel: &str,
         origin: u64,
+        ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Link {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -72,12 +125,17 @@ impl Link {
         Link {
             broker,
             channel: Arc::from(channel),
+            presence_channel: Arc::from(format!("{channel}.presence")),
             origin,
+            ttl,
             tx,
             pending: Mutex::new(Some(rx)),
             tasks: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
             metrics,
+            hub: OnceLock::new(),
+            rooms: Mutex::new(HashMap::new()),
+            snapshot_wanted: Arc::new(Notify::new()),
         }
     }
 
@@ -98,9 +156,84 @@ impl Link {
         }
     }
 
-    /// Starts the publisher and receiver tasks, once. Needs a tokio
-    /// runtime; without one it does nothing (and is called again when the
-    /// server starts serving).
+    /// How many rooms this instance is subscribed to.
+    pub(crate) fn room_subscriptions(&self) -> usize {
+        self.lock_rooms().len()
+    }
+
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomSub>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn_receiver(
+        &self,
+        sub: Subscription,
+        kind: Kind,
+        cancel: CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        let hub = self.hub.get()?.clone();
+        Some(tokio::spawn(receive_loop(
+            sub,
+            hub,
+            self.origin,
+            kind,
+            Arc::clone(&self.metrics),
+            cancel,
+        )))
+    }
+
+    /// Subscribes to a room's channel (its first local member joined).
+    /// Before the link is started this does nothing: [`Link::start`]
+    /// subscribes the rooms that have members then.
+    pub(crate) fn room_subscribe(&self, room: &Arc<str>) {
+        if self.hub.get().is_none() || self.cancel.is_cancelled() {
+            return;
+        }
+        let mut rooms = self.lock_rooms();
+        if rooms.contains_key(room) {
+            return;
+        }
+        let channel = room_channel(&self.channel, room);
+        match self.broker.subscribe(&channel) {
+            Ok(sub) => {
+                let ready = sub.ready_watch();
+                let cancel = self.cancel.child_token();
+                // The task ends (and the subscription with it) on cancel.
+                let _ = self.spawn_receiver(sub, Kind::Room, cancel.clone());
+                rooms.insert(Arc::clone(room), RoomSub { cancel, ready });
+            }
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "cannot subscribe to a room's channel: \
+                    its messages from other instances will not arrive here");
+            }
+        }
+    }
+
+    /// Drops a room's subscription (its last local member left).
+    pub(crate) fn room_unsubscribe(&self, room: &str) {
+        if let Some(sub) = self.lock_rooms().remove(room) {
+            sub.cancel.cancel();
+        }
+    }
+
+    /// Resolves once this instance receives `room`'s messages from the
+    /// other instances (at once if it is not subscribed to it), or after
+    /// a bounded wait.
+    pub(crate) async fn room_ready(&self, room: &str) {
+        let ready = self.lock_rooms().get(room).map(|s| s.ready.clone());
+        if let Some(mut ready) = ready {
+            let _ = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await;
+        }
+    }
+
+    /// Asks the presence task to publish this instance's snapshot.
+    pub(crate) fn want_snapshot(&self) {
+        self.snapshot_wanted.notify_one();
+    }
+
+    /// Starts the publisher, receiver and presence tasks, once. Needs a
+    /// tokio runtime; without one it does nothing (and is called again
+    /// when the server starts serving).
     pub(crate) fn start(&self, hub: &Hub) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -108,28 +241,50 @@ impl Link {
         let Some(rx) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
             return; // already started
         };
-        let mut tasks = Vec::with_capacity(2);
-        match self.broker.subscribe(&self.channel) {
-            Ok(sub) => tasks.push(tokio::spawn(receive_loop(
-                sub,
-                Arc::downgrade(&hub.0),
-                self.origin,
-                Arc::clone(&self.metrics),
-                self.cancel.clone(),
-            ))),
-            Err(e) => {
-                tracing::error!(adapter = self.broker.adapter(), error = %e,
-                    "cannot subscribe to the broker: messages of other instances will not arrive");
+        let _ = self.hub.set(Arc::downgrade(&hub.0));
+        let mut tasks = Vec::with_capacity(4);
+        for (channel, kind) in [
+            (&self.channel, Kind::Main),
+            (&self.presence_channel, Kind::Presence),
+        ] {
+            match self.broker.subscribe(channel) {
+                Ok(sub) => {
+                    if kind == Kind::Presence {
+                        // Once subscribed, ask everyone for their members.
+                        let mut ready = sub.ready_watch();
+                        let tx = self.tx.clone();
+                        tasks.push(tokio::spawn(async move {
+                            if ready.wait_for(|r| *r).await.is_ok() {
+                                let _ = tx
+                                    .try_send(Entry::Presence(Presence::SyncRequest { target: 0 }));
+                            }
+                        }));
+                    }
+                    tasks.extend(self.spawn_receiver(sub, kind, self.cancel.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(adapter = self.broker.adapter(), %channel, error = %e,
+                        "cannot subscribe to the broker: messages of other instances will not arrive");
+                }
             }
         }
         tasks.push(tokio::spawn(publish_loop(
             rx,
             Arc::clone(&self.broker),
             Arc::clone(&self.channel),
+            Arc::clone(&self.presence_channel),
             self.origin,
             Arc::clone(&self.metrics),
             self.cancel.clone(),
         )));
+        tasks.push(tokio::spawn(presence_loop(
+            Arc::downgrade(&hub.0),
+            self.ttl,
+            Arc::clone(&self.snapshot_wanted),
+            self.cancel.clone(),
+        )));
+        // Rooms joined before the start.
+        hub.0.rooms.subscribe_all(self);
         tracing::info!(
             adapter = self.broker.adapter(),
             channel = %self.channel,
@@ -141,10 +296,13 @@ impl Link {
         }
     }
 
-    /// Stops the tasks: what is still queued is published (within a
-    /// bound), then both end.
+    /// Stops the tasks: tells the other instances this one is going (so
+    /// they drop its presence at once), publishes what is still queued
+    /// (within a bound), then ends every task.
     pub(crate) async fn stop(&self) {
+        self.queue(Entry::Presence(Presence::Gone));
         self.cancel.cancel();
+        self.lock_rooms().clear();
         let tasks = self
             .tasks
             .lock()
@@ -162,10 +320,60 @@ impl Drop for Link {
     }
 }
 
+/// Heartbeats, expiry of silent instances, and snapshots on request.
+async fn presence_loop(
+    hub: Weak<HubInner>,
+    ttl: Duration,
+    snapshot_wanted: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let every = (ttl / 3).max(Duration::from_millis(50));
+    let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_snapshot: Option<tokio::time::Instant> = None;
+    loop {
+        let snapshot = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = snapshot_wanted.notified() => true,
+        };
+        if snapshot {
+            if let Some(at) = last_snapshot {
+                tokio::time::sleep_until(at + SNAPSHOT_SPACING).await;
+            }
+            last_snapshot = Some(tokio::time::Instant::now());
+        }
+        let Some(hub) = hub.upgrade().map(Hub) else {
+            return;
+        };
+        let Some(link) = hub.0.broker.get() else {
+            return;
+        };
+        if snapshot {
+            hub.0
+                .rooms
+                .snapshot(SNAPSHOT_PART_BYTES, |version, members, last| {
+                    link.queue(Entry::Presence(Presence::Snapshot {
+                        version,
+                        last,
+                        members,
+                    }));
+                });
+        } else {
+            let version = hub.0.rooms.version();
+            link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
+            hub.0.rooms.expire_remote();
+        }
+    }
+}
+
 async fn publish_loop(
     mut rx: mpsc::Receiver<Entry>,
     broker: Arc<dyn Broker>,
     channel: Arc<str>,
+    presence_channel: Arc<str>,
     origin: u64,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -173,27 +381,39 @@ async fn publish_loop(
     let mut p = Publisher {
         broker,
         channel,
+        presence_channel,
         origin,
         metrics,
-        seq: 0,
+        seqs: [0; 3],
         failing: false,
         batch: Vec::with_capacity(BATCH_ENTRIES),
+        carry: None,
     };
     loop {
-        let first = tokio::select! {
-            biased;
-            e = rx.recv() => match e {
-                Some(e) => e,
-                None => return,
+        let first = match p.carry.take() {
+            Some(e) => e,
+            None => tokio::select! {
+                biased;
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+                _ = cancel.cancelled() => break,
             },
-            _ = cancel.cancelled() => break,
         };
         p.fill(first, &mut rx);
         p.publish().await;
     }
     // Shutdown: what handlers queued before the end still goes out.
     let flush = async {
-        while let Ok(first) = rx.try_recv() {
+        loop {
+            let first = match p.carry.take() {
+                Some(e) => e,
+                None => match rx.try_recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+            };
             p.fill(first, &mut rx);
             p.publish().await;
         }
@@ -204,25 +424,36 @@ async fn publish_loop(
 struct Publisher {
     broker: Arc<dyn Broker>,
     channel: Arc<str>,
+    presence_channel: Arc<str>,
     origin: u64,
     metrics: Arc<Metrics>,
-    /// Sequence number of the next entry.
-    seq: u64,
+    /// Sequence number of the next entry: on the shared channel, on the
+    /// presence channel, and on the room channels (one series for all
+    /// rooms: receivers of one room see a subset, so they use it only to
+    /// drop duplicates).
+    seqs: [u64; 3],
     /// Whether the last publish failed (to log transitions only).
     failing: bool,
     batch: Vec<Entry>,
+    /// An entry taken from the queue for another channel than the batch's.
+    carry: Option<Entry>,
 }
 
 impl Publisher {
-    /// Packs `first` and whatever else is already queued into the batch.
+    /// Packs `first` and whatever else is already queued for the same
+    /// channel into the batch.
     fn fill(&mut self, first: Entry, rx: &mut mpsc::Receiver<Entry>) {
         let mut bytes = first.encoded_len();
         self.batch.push(first);
         while self.batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(e) => {
+                Ok(e) if e.route() == self.batch[0].route() => {
                     bytes += e.encoded_len();
                     self.batch.push(e);
+                }
+                Ok(e) => {
+                    self.carry = Some(e);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -231,15 +462,20 @@ impl Publisher {
 
     async fn publish(&mut self) {
         let n = self.batch.len() as u64;
-        let payload: Bytes = envelope::encode(self.origin, self.seq, &self.batch);
+        let (slot, channel): (usize, std::borrow::Cow<'_, str>) = match self.batch[0].route() {
+            Route::Main => (0, (&*self.channel).into()),
+            Route::Presence => (1, (&*self.presence_channel).into()),
+            Route::Room(room) => (2, room_channel(&self.channel, room).into()),
+        };
+        let payload: Bytes = envelope::encode(self.origin, self.seqs[slot], &self.batch);
         // Numbers are used even when publishing fails: receivers then see
         // the hole and count the loss.
-        self.seq = self.seq.wrapping_add(n);
+        self.seqs[slot] = self.seqs[slot].wrapping_add(n);
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.broker.publish(&channel, payload))
+            .await
+            .unwrap_or(Err(super::BrokerError::Timeout));
+        drop(channel);
         self.batch.clear();
-        let result =
-            tokio::time::timeout(PUBLISH_TIMEOUT, self.broker.publish(&self.channel, payload))
-                .await
-                .unwrap_or(Err(super::BrokerError::Timeout));
         match result {
             Ok(()) => {
                 self.metrics.add(PUBLISHED, n);
@@ -270,6 +506,7 @@ async fn receive_loop(
     mut sub: Subscription,
     hub: Weak<HubInner>,
     origin: u64,
+    kind: Kind,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -303,7 +540,11 @@ async fn receive_loop(
         let mut skip = 0;
         if let Some(exp) = expected {
             if env.first_seq > exp {
-                metrics.add(LOST, env.first_seq - exp);
+                // Room channels carry a subset of one series: a gap there
+                // is other rooms' traffic, not a loss.
+                if kind != Kind::Room {
+                    metrics.add(LOST, env.first_seq - exp);
+                }
             } else if env.first_seq < exp {
                 skip = (exp - env.first_seq).min(n);
                 metrics.add(DUPLICATES, skip);
@@ -325,7 +566,44 @@ async fn receive_loop(
                         let _ = client.send_text(text);
                     }
                 }
+                Entry::Room { room, except, text } => {
+                    hub.metrics().broadcast();
+                    hub.0.rooms.send(&room, except, &text);
+                }
+                Entry::Presence(p) => {
+                    let reply = hub.0.rooms.apply_remote(origin, env.origin, p);
+                    if let Some(link) = hub.0.broker.get() {
+                        match reply {
+                            Reply::None => {}
+                            Reply::AskSnapshot(target) => {
+                                link.queue(Entry::Presence(Presence::SyncRequest { target }));
+                            }
+                            Reply::SendSnapshot => link.want_snapshot(),
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_channels_are_valid_subjects() {
+        assert_eq!(room_channel("ws", "lobby"), "ws.room.lobby");
+        assert_eq!(room_channel("ws", "team-4_2"), "ws.room.team-4_2");
+        for odd in ["a room", "a.b", "*", ">", "", "Zoë", &"x".repeat(200)] {
+            let c = room_channel("ws", odd);
+            assert!(c.starts_with("ws.roomh."), "{odd:?} -> {c}");
+            assert!(
+                c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'),
+                "{c}"
+            );
+        }
+        assert_eq!(room_channel("ws", "a b"), room_channel("ws", "a b"));
+        assert_ne!(room_channel("ws", "a b"), room_channel("ws", "a c"));
     }
 }

@@ -105,6 +105,7 @@ impl Broker for LocalBroker {
     fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
         let mut rx = self.sender(channel).subscribe();
         let (tx, sub) = Subscription::channel(1024);
+        tx.ready(); // in-process: subscribed as soon as `rx` exists
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             loop {

@@ -38,6 +38,27 @@
 //! So each client sees each broadcast exactly once, and the broadcasts of
 //! one instance in the order they were made, as long as the broker is up.
 //!
+//! ## Rooms and presence
+//!
+//! [`Hub::to`](crate::Hub::to) travels the same way, on the room's own
+//! channel (`{WS_PUBSUB_CHANNEL}.room.{room}`), to which an instance is
+//! subscribed only while it has local members in the room: an instance
+//! receives the traffic of its rooms, not of every room. Joins and leaves
+//! are replicated on `{WS_PUBSUB_CHANNEL}.presence`, with heartbeats, so
+//! that [`Hub::members`](crate::Hub::members) lists every instance's
+//! members and heals after a crash; see [`rooms`](crate::rooms) and
+//! [`presence`](crate::presence).
+//!
+//! | channel (Redis) / subject (NATS) | carries | subscribed by |
+//! |---|---|---|
+//! | `websocket.broadcast` | broadcasts, `send_to` | every instance |
+//! | `websocket.broadcast.presence` | joins, leaves, heartbeats, snapshots | every instance |
+//! | `websocket.broadcast.room.lobby` | messages to room `lobby` | instances with members in `lobby` |
+//!
+//! Room names other than ASCII letters, digits, `-` and `_` (up to 128
+//! bytes) are hashed into the channel name (`….roomh.<hex>`), so that any
+//! room name makes a valid NATS subject.
+//!
 //! ## When the broker is down
 //!
 //! Local delivery goes on: step 1 does not depend on the broker. What the
@@ -67,8 +88,8 @@
 //! ## Writing a backend
 //!
 //! A backend implements [`Broker`]: `publish` one payload, `subscribe` to a
-//! channel (a [`Subscription`] that survives reconnections), and report
-//! its `health`. Envelopes, ordering, echo suppression, metrics and
+//! channel (a [`Subscription`] that survives reconnections and is dropped
+//! to unsubscribe), and report its `health`. Envelopes, ordering, echo suppression, metrics and
 //! shutdown are handled here, once, for every backend; see
 //! [`LocalBroker`] for a complete one in a page of code.
 
@@ -133,9 +154,12 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Subscribes to `channel`: every payload published on it from now on
-    /// arrives on the returned [`Subscription`], across reconnections,
-    /// until the subscription is dropped. Called from within a tokio
-    /// runtime, once per hub; the backend may spawn tasks.
+    /// (once the backend calls [`SubscriptionSender::ready`]) arrives on
+    /// the returned [`Subscription`], across reconnections, until the
+    /// subscription is dropped. Called from within a tokio runtime, for
+    /// several channels per hub (the shared one, presence, and one per
+    /// room with local members), as rooms come and go: subscriptions
+    /// should share one connection. The backend may spawn tasks.
     fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError>;
 
     /// Whether the broker is reachable now (for `/health` and metrics).
@@ -191,25 +215,132 @@ pub struct BrokerStatus {
 /// The receiving end of a [`Broker::subscribe`]: the payloads published on
 /// the channel, in the order the broker delivered them.
 ///
-/// Backends create one with [`Subscription::channel`] and feed it from
-/// their own task.
-#[derive(Debug)]
+/// Backends create one with [`Subscription::channel`], feed it from their
+/// own task through the [`SubscriptionSender`], and call
+/// [`SubscriptionSender::ready`] once the broker confirmed the
+/// subscription. Dropping the subscription unsubscribes: the sender's
+/// [`closed`](SubscriptionSender::closed) resolves, and a hook set with
+/// [`Subscription::on_drop`] runs.
+///
+/// ```
+/// use nbio_ws::broker::Subscription;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (tx, mut sub) = Subscription::channel(16);
+/// tx.ready();
+/// sub.ready().await;
+/// tx.send("hello".into()).await.unwrap();
+/// assert_eq!(sub.next().await.unwrap(), "hello");
+/// drop(sub);
+/// assert!(tx.is_closed());
+/// # }
+/// ```
 pub struct Subscription {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("ready", &*self.ready.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The feeding end of a [`Subscription`], held by the backend.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSender {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The [`Subscription`] was dropped: nobody reads this channel any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the subscription was dropped")]
+pub struct SubscriptionClosed;
+
 impl Subscription {
-    /// A subscription and the sender a backend feeds it with. When the
-    /// subscription is dropped, `sender.closed()` resolves: the backend's
-    /// task should then stop.
-    pub fn channel(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, Subscription) {
+    /// A subscription and the sender a backend feeds it with; `capacity`
+    /// payloads may wait unread before [`SubscriptionSender::send`] waits.
+    pub fn channel(capacity: usize) -> (SubscriptionSender, Subscription) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-        (tx, Subscription { rx })
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        (
+            SubscriptionSender {
+                tx,
+                ready: Arc::new(ready_tx),
+            },
+            Subscription {
+                rx,
+                ready: ready_rx,
+                on_drop: None,
+            },
+        )
+    }
+
+    /// Runs `hook` when the subscription is dropped (a backend that
+    /// multiplexes many channels over one connection uses it to
+    /// unsubscribe at once).
+    pub fn on_drop(mut self, hook: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Box::new(hook));
+        self
     }
 
     /// The next payload; `None` when the backend stopped for good.
     pub async fn next(&mut self) -> Option<Bytes> {
         self.rx.recv().await
+    }
+
+    /// Resolves once the backend has confirmed the subscription (from then
+    /// on, what is published on the channel arrives here). Never resolves
+    /// for a backend that stopped before confirming: bound it with a
+    /// timeout.
+    pub async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        if ready.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A handle that resolves like [`Subscription::ready`] without
+    /// borrowing the subscription.
+    pub(crate) fn ready_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.clone()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Some(hook) = self.on_drop.take() {
+            hook();
+        }
+    }
+}
+
+impl SubscriptionSender {
+    /// Delivers one payload, waiting while the subscription's buffer is
+    /// full.
+    pub async fn send(&self, payload: Bytes) -> Result<(), SubscriptionClosed> {
+        self.tx.send(payload).await.map_err(|_| SubscriptionClosed)
+    }
+
+    /// Marks the subscription confirmed by the broker.
+    pub fn ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Resolves when the [`Subscription`] is dropped.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Whether the [`Subscription`] was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
@@ -301,6 +432,7 @@ impl std::fmt::Display for Adapter {
 /// | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | Redis to use with `redis` |
 /// | `WS_NATS_URL` | `nats://127.0.0.1:4222` | NATS server(s) to use with `nats` (comma-separated) |
 /// | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel (Redis) or subject (NATS) every instance shares |
+/// | `WS_PRESENCE_TTL` | `15s` | the members of an instance not heard from this long are dropped (see [`presence`](crate::presence)) |
 ///
 /// ```
 /// use nbio_ws::broker::{Adapter, PubSubConfig};
@@ -324,7 +456,13 @@ pub struct PubSubConfig {
     /// The NATS URL(s) (`WS_NATS_URL`), e.g. `nats://host:4222`.
     pub nats_url: String,
     /// The channel or subject shared by the instances (`WS_PUBSUB_CHANNEL`).
+    /// Rooms and presence use channels named after it
+    /// (`{channel}.room.{room}`, `{channel}.presence`).
     pub channel: String,
+    /// How long the other instances keep this one's room members without
+    /// hearing from it (`WS_PRESENCE_TTL`); it sends a heartbeat every
+    /// third of that.
+    pub presence_ttl: Duration,
 }
 
 /// The default `WS_PUBSUB_CHANNEL`.
@@ -338,6 +476,7 @@ impl Default for PubSubConfig {
             redis_url: "redis://127.0.0.1:6379/0".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             channel: DEFAULT_CHANNEL.into(),
+            presence_ttl: crate::presence::DEFAULT_TTL,
         }
     }
 }
@@ -374,6 +513,13 @@ impl PubSubConfig {
         self
     }
 
+    /// How long other instances keep this one's room members without a
+    /// heartbeat (at least 300 ms).
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl.max(Duration::from_millis(300));
+        self
+    }
+
     /// Reads the pub/sub variables (used by
     /// [`Config::from_lookup`](crate::Config::from_lookup)).
     pub(crate) fn from_env(env: &Env<'_>) -> Result<PubSubConfig, ConfigError> {
@@ -386,6 +532,9 @@ impl PubSubConfig {
             redis_url: env.string("WS_REDIS_URL")?.unwrap_or(d.redis_url),
             nats_url: env.string("WS_NATS_URL")?.unwrap_or(d.nats_url),
             channel: env.string("WS_PUBSUB_CHANNEL")?.unwrap_or(d.channel),
+            presence_ttl: env
+                .duration_nonzero("WS_PRESENCE_TTL")?
+                .unwrap_or(d.presence_ttl),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -396,6 +545,13 @@ impl PubSubConfig {
     /// adapter is compiled in. Errors name the variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_channel(&self.channel)?;
+        if self.presence_ttl < Duration::from_millis(300) {
+            return Err(ConfigError {
+                var: "WS_PRESENCE_TTL",
+                value: format!("{:?}", self.presence_ttl),
+                reason: "expected at least 300ms (heartbeats go out every third of it)".into(),
+            });
+        }
         if !self.enabled {
             return Ok(());
         }

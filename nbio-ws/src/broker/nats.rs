@@ -170,7 +170,10 @@ impl Broker for NatsBroker {
                     return;
                 }
             };
-            tracing::info!(url = %inner.shown, %channel, "nats: subscribed (the client resubscribes after reconnecting)");
+            // The server has the SUB once a flush round trip is done.
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await;
+            tx.ready();
+            tracing::debug!(url = %inner.shown, %channel, "nats: subscribed (the client resubscribes after reconnecting)");
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,

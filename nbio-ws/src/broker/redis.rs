@@ -6,17 +6,20 @@
 //! task connects in the background and keeps doing so, so an instance
 //! starts even while Redis is down (`/health` says so).
 //!
-//! - **Subscriber**: connect, `SUBSCRIBE`, forward messages; a `PING`
-//!   every 5 s finds connections that died silently. When the connection
-//!   ends it reconnects and resubscribes with capped exponential backoff
-//!   (50 ms … 2 s). After each (re)subscription it also makes sure the
-//!   publishing connection exists, so health comes back without waiting
-//!   for a broadcast.
+//! - **Subscriber**: one connection and one task for every channel of the
+//!   instance (the shared channel, presence, and one per room with local
+//!   members): `SUBSCRIBE` and `UNSUBSCRIBE` are sent on it as
+//!   subscriptions come and go, and messages are forwarded by channel
+//!   name. A `PING` every 5 s finds connections that died silently. When
+//!   the connection ends it reconnects and resubscribes every channel with
+//!   capped exponential backoff (50 ms … 2 s). After each reconnection it
+//!   also makes sure the publishing connection exists, so health comes
+//!   back without waiting for a broadcast.
 //! - **Publisher**: a failed `PUBLISH` drops the connection; the next
 //!   publish reconnects at once, and after that only when the backoff
 //!   allows, failing fast in between (the hub counts those failures).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +29,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use super::{redact_url, Backoff};
-use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription};
+use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription, SubscriptionSender};
 use crate::config::ConfigError;
 
 /// Connecting (TCP + handshake) may take this long.
@@ -50,6 +53,7 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct RedisBroker {
     inner: Arc<Inner>,
+    task: TaskHandle,
 }
 
 struct Inner {
@@ -60,7 +64,13 @@ struct Inner {
     publisher_ok: AtomicBool,
     subscriber_ok: AtomicBool,
     subscribed: AtomicBool,
+    next_sub: AtomicU64,
 }
+
+/// Commands to the subscriber task, once it runs. Kept out of [`Inner`]
+/// (which the task holds) so that the task ends when the last broker
+/// handle and the last subscription are dropped.
+type TaskHandle = Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Cmd>>>>;
 
 #[derive(Default)]
 struct PublishConn {
@@ -99,7 +109,9 @@ impl RedisBroker {
                 publisher_ok: AtomicBool::new(false),
                 subscriber_ok: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
+                next_sub: AtomicU64::new(0),
             }),
+            task: TaskHandle::default(),
         })
     }
 }
@@ -189,76 +201,139 @@ impl Inner {
         }
     }
 
-    async fn subscribe_once(&self, channel: &str) -> Result<redis::aio::PubSub, BrokerError> {
-        let mut pubsub =
+    /// Connects the pub/sub connection and subscribes `channels`.
+    async fn subscribe_all(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), BrokerError> {
+        let pubsub =
             match tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return Err(BrokerError::Backend(e.to_string())),
                 Err(_) => return Err(BrokerError::Timeout),
             };
-        match tokio::time::timeout(COMMAND_TIMEOUT, pubsub.subscribe(channel)).await {
-            Ok(Ok(())) => Ok(pubsub),
-            Ok(Err(e)) => Err(BrokerError::Backend(e.to_string())),
-            Err(_) => Err(BrokerError::Timeout),
+        let (mut sink, stream) = pubsub.split();
+        if !channels.is_empty() {
+            command(sink.subscribe(channels)).await?;
         }
+        Ok((sink, stream))
     }
 }
 
-/// Subscribes, forwards, and reconnects, until `tx`'s subscription is
-/// dropped.
-async fn subscriber(inner: Arc<Inner>, channel: String, tx: tokio::sync::mpsc::Sender<Bytes>) {
+/// One Redis command, bounded in time.
+async fn command<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BrokerError::Backend(e.to_string())),
+        Err(_) => Err(BrokerError::Timeout),
+    }
+}
+
+/// What the subscriber task is asked to do.
+enum Cmd {
+    /// A new subscription to a channel.
+    Subscribe(String, u64, SubscriptionSender),
+    /// A subscription was dropped.
+    Unsubscribe(String, u64),
+}
+
+/// The subscriptions of one channel.
+type Subscribers = Vec<(u64, SubscriptionSender)>;
+
+/// Subscribes, forwards, and reconnects, until the broker is dropped.
+async fn subscriber(inner: Arc<Inner>, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd>) {
+    let mut channels: std::collections::HashMap<String, Subscribers> = Default::default();
     let mut backoff = Backoff::default();
     let mut was_up = false;
     let mut logged_down = false;
     loop {
-        match inner.subscribe_once(&channel).await {
-            Ok(pubsub) => {
+        // Wait for something to subscribe to before connecting.
+        while channels.is_empty() {
+            match cmds.recv().await {
+                Some(cmd) => apply(&mut channels, cmd),
+                None => return,
+            }
+        }
+        let wanted: Vec<String> = channels.keys().cloned().collect();
+        match inner.subscribe_all(wanted).await {
+            Ok((mut sink, mut stream)) => {
                 backoff.reset();
                 logged_down = false;
                 inner.subscriber_ok.store(true, Ordering::Release);
                 if was_up {
-                    tracing::info!(url = %inner.url, %channel, "redis: resubscribed");
+                    tracing::info!(url = %inner.url, channels = channels.len(), "redis: resubscribed");
                 } else {
-                    tracing::info!(url = %inner.url, %channel, "redis: subscribed");
+                    tracing::info!(url = %inner.url, channels = channels.len(), "redis: subscribed");
                 }
                 was_up = true;
+                for subs in channels.values() {
+                    for (_, tx) in subs {
+                        tx.ready();
+                    }
+                }
                 inner.ensure_publisher().await;
-                let (mut sink, mut stream) = pubsub.split();
                 let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-                loop {
+                let lost = loop {
                     tokio::select! {
-                        _ = tx.closed() => {
-                            inner.subscriber_ok.store(false, Ordering::Release);
-                            return;
-                        }
-                        msg = stream.next() => match msg {
-                            Some(msg) => {
-                                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                                if tx.send(payload).await.is_err() {
-                                    return;
+                        cmd = cmds.recv() => match cmd {
+                            None => {
+                                inner.subscriber_ok.store(false, Ordering::Release);
+                                return;
+                            }
+                            Some(Cmd::Subscribe(channel, id, tx)) => {
+                                let fresh = !channels.contains_key(&channel);
+                                if fresh {
+                                    if let Err(e) = command(sink.subscribe(&channel)).await {
+                                        channels.entry(channel).or_default().push((id, tx));
+                                        break e;
+                                    }
+                                }
+                                tx.ready();
+                                channels.entry(channel).or_default().push((id, tx));
+                            }
+                            Some(Cmd::Unsubscribe(channel, id)) => {
+                                if let Some(subs) = channels.get_mut(&channel) {
+                                    subs.retain(|(i, tx)| *i != id && !tx.is_closed());
+                                    if subs.is_empty() {
+                                        channels.remove(&channel);
+                                        if let Err(e) = command(sink.unsubscribe(&channel)).await {
+                                            break e;
+                                        }
+                                    }
                                 }
                             }
-                            None => break,
+                        },
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                let name = msg.get_channel_name();
+                                let Some(subs) = channels.get(name) else { continue };
+                                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                for (_, tx) in subs {
+                                    // A dropped subscription is removed by its
+                                    // Unsubscribe command.
+                                    let _ = tx.send(payload.clone()).await;
+                                }
+                            }
+                            None => break BrokerError::Disconnected,
                         },
                         _ = ping.tick() => {
-                            let pong = tokio::time::timeout(
-                                COMMAND_TIMEOUT,
-                                sink.ping::<redis::Value>(),
-                            ).await;
-                            if !matches!(pong, Ok(Ok(_))) {
-                                break;
+                            if let Err(e) = command(sink.ping::<redis::Value>()).await {
+                                break e;
                             }
                             if !inner.publisher_ok.load(Ordering::Acquire) {
                                 inner.ensure_publisher().await;
                             }
                         }
                     }
-                }
+                };
                 inner.subscriber_ok.store(false, Ordering::Release);
                 // The publishing connection most likely went with it: drop
                 // it so that a fresh one is made when Redis is back.
                 inner.drop_publisher();
-                tracing::warn!(url = %inner.url, "redis: subscription lost; reconnecting with backoff");
+                tracing::warn!(url = %inner.url, error = %lost,
+                    "redis: subscription lost; reconnecting with backoff");
             }
             Err(e) => {
                 inner.subscriber_ok.store(false, Ordering::Release);
@@ -271,9 +346,33 @@ async fn subscriber(inner: Arc<Inner>, channel: String, tx: tokio::sync::mpsc::S
                 }
             }
         }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        // Back off, still taking (un)subscriptions so that the set of
+        // channels is right when Redis is back.
+        let sleep = tokio::time::sleep(backoff.next_delay());
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => apply(&mut channels, cmd),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Records a (un)subscription while not connected.
+fn apply(channels: &mut std::collections::HashMap<String, Subscribers>, cmd: Cmd) {
+    match cmd {
+        Cmd::Subscribe(channel, id, tx) => channels.entry(channel).or_default().push((id, tx)),
+        Cmd::Unsubscribe(channel, id) => {
+            if let Some(subs) = channels.get_mut(&channel) {
+                subs.retain(|(i, tx)| *i != id && !tx.is_closed());
+                if subs.is_empty() {
+                    channels.remove(&channel);
+                }
+            }
         }
     }
 }
@@ -293,9 +392,26 @@ impl Broker for RedisBroker {
 
     fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
         let (tx, sub) = Subscription::channel(1024);
+        let cmds = {
+            let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+            match &*task {
+                Some(cmds) if !cmds.is_closed() => cmds.clone(),
+                _ => {
+                    let (cmds, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(subscriber(Arc::clone(&self.inner), rx));
+                    *task = Some(cmds.clone());
+                    cmds
+                }
+            }
+        };
         self.inner.subscribed.store(true, Ordering::Release);
-        tokio::spawn(subscriber(Arc::clone(&self.inner), channel.to_owned(), tx));
-        Ok(sub)
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        cmds.send(Cmd::Subscribe(channel.to_owned(), id, tx))
+            .map_err(|_| BrokerError::Disconnected)?;
+        let channel = channel.to_owned();
+        Ok(sub.on_drop(move || {
+            let _ = cmds.send(Cmd::Unsubscribe(channel, id));
+        }))
     }
 
     fn health(&self) -> BrokerHealth {

@@ -3,6 +3,8 @@
 //! client for sending what well-behaved clients never send.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

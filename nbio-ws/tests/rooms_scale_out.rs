@@ -1,0 +1,419 @@
+//! Rooms and presence across instances: three in-process servers sharing a
+//! broker (in-process, or a real `redis-server` / `nats-server` started on
+//! a free loopback port), clients on each, and the same body for every
+//! backend:
+//!
+//! 1. presence: `Hub::members` on every instance lists the members of
+//!    every instance;
+//! 2. room messages reach the members on other instances (in order, once),
+//!    `except` works across instances, non-members get nothing;
+//! 3. an instance subscribes to a room's channel only while it has local
+//!    members in it (checked on the broker itself: Redis `PUBSUB NUMSUB`,
+//!    NATS's subscription list);
+//! 4. a disconnect and a leave reach the other instances' presence, as
+//!    members and as `PresenceEvent::Left`;
+//! 5. a crashed instance (its runtime dropped: no goodbye, no more
+//!    heartbeats) disappears from everyone's presence after the TTL;
+//! 6. with the broker down, remote members expire; when it is back,
+//!    presence converges again without restarting anything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::{free_port, Backend, Kind};
+use common::{TestServer, WsClient};
+use futures_util::{SinkExt, StreamExt};
+use nbio_ws::{Client, Hub, Params, PresenceEvent, RpcError, Server, ServerBuilder};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const TTL: Duration = Duration::from_millis(900);
+const WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+struct Join {
+    room: String,
+    nick: String,
+}
+
+#[derive(Deserialize)]
+struct Say {
+    room: String,
+    text: String,
+    #[serde(default)]
+    except_me: bool,
+}
+
+#[derive(Deserialize)]
+struct Room {
+    room: String,
+}
+
+fn app() -> ServerBuilder {
+    Server::builder()
+        .registered_methods(false)
+        .send_buffer(4096)
+        .method(
+            "join",
+            |c: Client, hub: Hub, Params(p): Params<Join>| async move {
+                c.join_with(&p.room, json!({ "nick": p.nick }));
+                hub.room_ready(&p.room).await;
+                Ok::<_, RpcError>(true)
+            },
+        )
+        .method("leave", |c: Client, Params(p): Params<Room>| async move {
+            Ok::<_, RpcError>(c.leave(&p.room))
+        })
+        .method(
+            "say",
+            |c: Client, hub: Hub, Params(p): Params<Say>| async move {
+                let to = hub.to(&p.room);
+                let to = if p.except_me { to.except(c.id()) } else { to };
+                to.notify("said", &json!({ "room": p.room, "text": p.text }))
+                    .map_err(RpcError::internal)
+            },
+        )
+}
+
+/// A client that keeps the `said` notifications it receives.
+struct Peer {
+    ws: WsClient,
+    said: Vec<String>,
+    next_id: u64,
+}
+
+impl Peer {
+    async fn connect(server: &TestServer) -> Peer {
+        Peer {
+            ws: WsClient::connect(&server.url("/ws")).await,
+            said: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn read(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.ws.next()).await {
+                Err(_) => return None,
+                Ok(m) => m.expect("stream open").expect("no error"),
+            };
+            let Message::Text(t) = msg else { continue };
+            let v: Value = serde_json::from_str(&t).expect("JSON");
+            if v["method"] == "said" {
+                self.said
+                    .push(v["params"]["text"].as_str().unwrap_or_default().into());
+            }
+            return Some(v);
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        self.ws
+            .ws
+            .send(Message::text(req.to_string()))
+            .await
+            .expect("send");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self
+                .read(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no answer to {method}"));
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str, nick: &str) {
+        self.call("join", json!({ "room": room, "nick": nick }))
+            .await;
+    }
+
+    /// Reads until `n` `said` texts arrived in all.
+    async fn expect_said(&mut self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.said.len() < n {
+            assert!(
+                self.read(deadline).await.is_some(),
+                "only {:?} arrived, {n} expected",
+                self.said
+            );
+        }
+    }
+
+    /// Reads for `wait`; returns how many `said` arrived meanwhile.
+    async fn drain(&mut self, wait: Duration) -> usize {
+        let before = self.said.len();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.read(deadline).await.is_some() {}
+        self.said.len() - before
+    }
+}
+
+async fn nicks(hub: &Hub, room: &str) -> Vec<String> {
+    let mut out: Vec<String> = hub
+        .members(room)
+        .await
+        .into_iter()
+        .map(|m| m.meta["nick"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until every hub lists exactly `want` in `room`.
+async fn converge(hubs: &[&Hub], room: &str, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for (i, hub) in hubs.iter().enumerate() {
+        loop {
+            let have = nicks(hub, room).await;
+            if have == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance {i}: members of {room} are {have:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until the broker has `want` subscriptions on a room's channel
+/// (nothing to check on the in-process broker).
+async fn room_subscribers(backend: &Backend, channel: &str, room: &str, want: usize) {
+    let name = format!("{channel}.room.{room}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let Some(n) = backend.subscribers(&name).await else {
+            return;
+        };
+        if n == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: {n} subscribers, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (_, _, body) = server.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Waits for a `Left` of `nick` from `room` on `events`.
+async fn expect_left(
+    events: &mut tokio::sync::broadcast::Receiver<PresenceEvent>,
+    room: &str,
+    nick: &str,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("no Left of {nick} from {room}"),
+            Ok(Ok(PresenceEvent::Left {
+                room: r, member, ..
+            })) if r == room && member.meta["nick"] == nick => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// A server on its own runtime, in its own thread, that can be crashed:
+/// the runtime is dropped with everything on it (no shutdown, no goodbye).
+struct Crashable {
+    addr: std::net::SocketAddr,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Crashable {
+    fn start(builder: ServerBuilder) -> Crashable {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let server = builder.build().expect("server builds");
+                tokio::select! {
+                    _ = server.serve_listener(listener, std::future::pending::<()>()) => {}
+                    _ = crashed => {}
+                }
+            });
+            rt.shutdown_background();
+        });
+        Crashable {
+            addr,
+            crash: Some(crash),
+            thread: Some(thread),
+        }
+    }
+
+    fn crash(&mut self) {
+        if let Some(c) = self.crash.take() {
+            let _ = c.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Crashable {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+async fn rooms_across_instances(kind: Kind) {
+    let mut backend = Backend::start(kind).await;
+    let channel = format!("rooms{}", free_port());
+    let pubsub = backend.pubsub(&channel).presence_ttl(TTL);
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(TestServer::start(backend.builder_with(app(), pubsub.clone())).await);
+    }
+    let hubs: Vec<Hub> = servers.iter().map(|s| s.hub.clone()).collect();
+    let all: Vec<&Hub> = hubs.iter().collect();
+    let mut events = hubs[2].presence_events();
+
+    // 1. Presence across instances.
+    let mut a1 = Peer::connect(&servers[0]).await;
+    let mut a2 = Peer::connect(&servers[0]).await;
+    let mut b1 = Peer::connect(&servers[1]).await;
+    let mut c1 = Peer::connect(&servers[2]).await;
+    a1.join("lobby", "a1").await;
+    b1.join("lobby", "b1").await;
+    c1.join("kitchen", "c1").await;
+    converge(&all, "lobby", &["a1", "b1"]).await;
+    converge(&all, "kitchen", &["c1"]).await;
+
+    // 3. Per-room subscriptions: instance 2 has no lobby member.
+    room_subscribers(&backend, &channel, "lobby", 2).await;
+    room_subscribers(&backend, &channel, "kitchen", 1).await;
+    assert_eq!(
+        metric(&servers[2], "nbio_ws_broker_room_subscriptions").await,
+        1
+    );
+    assert_eq!(
+        metric(&servers[0], "nbio_ws_presence_remote_members").await,
+        2
+    );
+
+    // 2. Fan-out across instances, `except`, non-members.
+    a1.call("say", json!({"room": "lobby", "text": "hello"}))
+        .await;
+    b1.call(
+        "say",
+        json!({"room": "lobby", "text": "hi a1", "except_me": true}),
+    )
+    .await;
+    a1.expect_said(2).await;
+    b1.expect_said(1).await;
+    assert_eq!(a1.said, ["hello", "hi a1"]);
+    assert_eq!(b1.said, ["hello"]);
+    for n in 0..50 {
+        a1.call("say", json!({"room": "lobby", "text": format!("n{n:02}")}))
+            .await;
+    }
+    b1.expect_said(51).await;
+    let expected: Vec<String> = (0..50).map(|n| format!("n{n:02}")).collect();
+    assert_eq!(b1.said[1..], expected[..], "in order, once");
+    assert_eq!(
+        b1.drain(Duration::from_millis(300)).await,
+        0,
+        "no duplicates"
+    );
+    assert_eq!(
+        a2.drain(Duration::from_millis(100)).await,
+        0,
+        "not in the room"
+    );
+    assert_eq!(
+        c1.drain(Duration::from_millis(100)).await,
+        0,
+        "not in the room"
+    );
+
+    // 4. A disconnect and a leave reach the others.
+    b1.ws.close().await;
+    drop(b1);
+    converge(&all, "lobby", &["a1"]).await;
+    room_subscribers(&backend, &channel, "lobby", 1).await;
+    expect_left(&mut events, "lobby", "b1").await;
+    assert_eq!(a1.call("leave", json!({"room": "lobby"})).await, true);
+    converge(&all, "lobby", &[]).await;
+    room_subscribers(&backend, &channel, "lobby", 0).await;
+
+    // 5. A crashed instance's members expire.
+    let mut crashable = Crashable::start(backend.builder_with(app(), pubsub.clone()));
+    let mut d1 = Peer {
+        ws: WsClient::connect(&format!("ws://{}/ws", crashable.addr)).await,
+        said: Vec::new(),
+        next_id: 1,
+    };
+    d1.join("kitchen", "d1").await;
+    converge(&all, "kitchen", &["c1", "d1"]).await;
+    crashable.crash();
+    converge(&all, "kitchen", &["c1"]).await;
+    expect_left(&mut events, "kitchen", "d1").await; // the expiry is an event
+
+    // 6. Broker outage: remote members expire, then come back.
+    backend.down();
+    converge(&all[..2], "kitchen", &[]).await;
+    converge(&all[2..], "kitchen", &["c1"]).await; // its own member stays
+    backend.up().await;
+    converge(&all, "kitchen", &["c1"]).await;
+    // And room messages flow again.
+    let mut a3 = Peer::connect(&servers[0]).await;
+    a3.join("kitchen", "a3").await;
+    converge(&all, "kitchen", &["a3", "c1"]).await;
+    c1.call("say", json!({"room": "kitchen", "text": "back"}))
+        .await;
+    a3.expect_said(1).await;
+    assert_eq!(a3.said, ["back"]);
+
+    for mut peer in [a1, a2, a3, c1] {
+        peer.ws.close().await;
+    }
+    for mut s in servers {
+        s.shutdown().await.expect("clean shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_across_instances_local() {
+    rooms_across_instances(Kind::Local).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_across_instances_redis() {
+    rooms_across_instances(Kind::Redis).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_across_instances_nats() {
+    rooms_across_instances(Kind::Nats).await;
+}
