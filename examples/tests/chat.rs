@@ -35,11 +35,17 @@ impl Drop for ChatServer {
 
 impl ChatServer {
     async fn start() -> ChatServer {
+        ChatServer::start_with(&[]).await
+    }
+
+    /// Started with these environment variables too.
+    async fn start_with(env: &[(&str, String)]) -> ChatServer {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_chat"))
             .env("WS_HOST", "127.0.0.1")
             .env("WS_PORT", port.to_string())
             .env("WS_LOG_LEVEL", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -51,6 +57,25 @@ impl ChatServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("chat server on port {port} did not come up");
+    }
+
+    /// Waits (bounded) until `/metrics` shows `name` at `want`.
+    #[allow(dead_code)] // only the broker tests use it
+    async fn wait_metric(&self, name: &str, want: u64) {
+        let mut last = None;
+        for _ in 0..300 {
+            if let Ok((200, _, body)) = self.try_get("/metrics").await {
+                last = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if last == Some(want) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name} is {last:?} on port {}, expected {want}", self.port);
     }
 
     async fn try_get(&self, path: &str) -> std::io::Result<(u16, String, String)> {
@@ -101,7 +126,12 @@ impl Chat {
                 .expect("stream open")
                 .expect("no error");
             match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Text(t) => {
+                    if std::env::var("CHAT_TEST_TRACE").is_ok() {
+                        eprintln!("<{:p} {t}", self);
+                    }
+                    return serde_json::from_str(&t).unwrap();
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected text, got {other:?}"),
             }
@@ -507,4 +537,495 @@ async fn params_by_position_work_too() {
     );
     let r = c.ok("chat.members", json!(["lobby"])).await;
     assert_eq!(r["members"], json!(["ada"]));
+}
+
+/// The `text` of each message of a `history`, in order.
+fn texts(history: &Value) -> Vec<String> {
+    history
+        .as_array()
+        .unwrap_or_else(|| panic!("history is an array: {history}"))
+        .iter()
+        .map(|m| {
+            m["text"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a message has a text: {m}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Without a broker (and so also in a build with the `redis` feature) the
+/// history is in memory: the last 50, oldest first, per instance, gone
+/// with the instance.
+#[tokio::test]
+async fn memory_history_is_per_instance() {
+    let a = ServerPair::memory().await;
+    let mut alice = a.0.client().await;
+    alice.join("lobby", "alice").await;
+    for i in 1..=55 {
+        alice.say("lobby", &format!("message {i}")).await;
+    }
+    let mut bob = a.0.client().await;
+    let h = texts(&bob.join("lobby", "bob").await["history"]);
+    let want: Vec<String> = (6..=55).map(|i| format!("message {i}")).collect();
+    assert_eq!(h, want);
+
+    // Another instance has its own (empty) history.
+    let mut carol = a.1.client().await;
+    assert_eq!(carol.join("lobby", "carol").await["history"], json!([]));
+
+    // A restarted instance has forgotten it.
+    drop(a);
+    let again = ChatServer::start().await;
+    let mut dave = again.client().await;
+    assert_eq!(dave.join("lobby", "dave").await["history"], json!([]));
+}
+
+/// Two chat instances.
+struct ServerPair(ChatServer, ChatServer);
+
+impl ServerPair {
+    async fn memory() -> ServerPair {
+        ServerPair(ChatServer::start().await, ChatServer::start().await)
+    }
+}
+
+/// History in Redis: `--features redis` and the redis pub/sub adapter.
+#[cfg(feature = "redis")]
+mod redis_history {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A `redis-server` of the test's own on a free loopback port, with no
+    /// persistence; killed on drop.
+    ///
+    /// While it is down its port stays reserved by a socket that is bound
+    /// but not listening: connections to it are refused, as with no Redis
+    /// at all, and no other process (another test's server, or the source
+    /// port of some connection) can take the port before Redis comes back.
+    struct Redis {
+        port: u16,
+        child: Option<Child>,
+        hold: Option<tokio::net::TcpSocket>,
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// A loopback socket bound to `port` (0: any free one), not listening.
+    fn reserve(port: u16) -> std::io::Result<tokio::net::TcpSocket> {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        // Like redis-server itself, so that the connections the killed
+        // server leaves in TIME_WAIT do not stand in the way.
+        s.set_reuseaddr(true)?;
+        s.bind(([127, 0, 0, 1], port).into())?;
+        Ok(s)
+    }
+
+    impl Redis {
+        async fn start() -> Redis {
+            let mut r = Redis::stopped();
+            r.up().await;
+            r
+        }
+
+        /// A port for a Redis that is not running (yet).
+        fn stopped() -> Redis {
+            let hold = reserve(0).expect("a free loopback port");
+            Redis {
+                port: hold.local_addr().expect("its address").port(),
+                child: None,
+                hold: Some(hold),
+            }
+        }
+
+        /// Starts it (on the same port as before) and waits until it answers.
+        async fn up(&mut self) {
+            let port = self.port.to_string();
+            self.hold = None;
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"));
+            self.child = Some(child);
+            for _ in 0..200 {
+                if let Ok(reply) = self.try_cmd(&["PING"]).await {
+                    if reply == "+PONG\r\n" {
+                        return;
+                    }
+                }
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                    panic!("redis-server on port {port} exited: {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("redis-server did not answer on port {port} in time");
+        }
+
+        /// Kills it (SIGKILL: nothing is saved, clients see the connection
+        /// drop) and keeps its port.
+        fn down(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.hold = Some(
+                reserve(self.port)
+                    .unwrap_or_else(|e| panic!("cannot keep port {}: {e}", self.port)),
+            );
+        }
+
+        /// The variables that make a chat server keep its history here.
+        fn env(&self) -> Vec<(&'static str, String)> {
+            vec![
+                ("WS_PUBSUB_ENABLED", "true".to_owned()),
+                ("WS_PUBSUB_ADAPTER", "redis".to_owned()),
+                ("WS_REDIS_URL", format!("redis://127.0.0.1:{}/0", self.port)),
+            ]
+        }
+
+        async fn chat(&self) -> ChatServer {
+            ChatServer::start_with(&self.env()).await
+        }
+
+        /// One command; the raw RESP reply (small replies only).
+        async fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+            let mut req = format!("*{}\r\n", args.len());
+            for a in args {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("timed out"))??;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+
+        async fn cmd(&self, args: &[&str]) -> String {
+            self.try_cmd(args).await.expect("redis answers")
+        }
+    }
+
+    #[tokio::test]
+    async fn chat_across_three_instances_with_redis() {
+        let redis = Redis::start().await;
+        super::across_instances::chat_across_three_instances(redis.env()).await;
+    }
+
+    #[tokio::test]
+    async fn history_is_shared_by_the_instances() {
+        let redis = Redis::start().await;
+        let a = redis.chat().await;
+        let b = redis.chat().await;
+        let mut alice = a.client().await;
+        assert_eq!(alice.join("lobby", "alice").await["history"], json!([]));
+        let ts1 = alice.say("lobby", "hello from A").await;
+        let ts2 = alice.say("lobby", "again from A").await;
+
+        // A joiner on the other instance gets what was said on the first.
+        let mut bob = b.client().await;
+        let r = bob.join("lobby", "bob").await;
+        assert_eq!(
+            r["history"],
+            json!([
+                {"room": "lobby", "nick": "alice", "text": "hello from A", "ts": ts1},
+                {"room": "lobby", "nick": "alice", "text": "again from A", "ts": ts2},
+            ])
+        );
+        // And the other way round; other rooms have their own history.
+        bob.say("lobby", "hello from B").await;
+        let mut carol = a.client().await;
+        let h = texts(&carol.join("lobby", "carol").await["history"]);
+        assert_eq!(h, ["hello from A", "again from A", "hello from B"]);
+        assert_eq!(carol.join("other", "carol").await["history"], json!([]));
+
+        // One list per room, under the pub/sub channel's name.
+        let key = "websocket.broadcast:history:lobby";
+        assert_eq!(redis.cmd(&["LLEN", key]).await, ":3\r\n");
+        // Entries that are not chat messages are skipped.
+        redis.cmd(&["RPUSH", key, "not json"]).await;
+        redis.cmd(&["RPUSH", key, r#"{"room":"lobby"}"#]).await;
+        alice.say("lobby", "after the junk").await;
+        let mut dave = b.client().await;
+        let h = texts(&dave.join("lobby", "dave").await["history"]);
+        assert_eq!(
+            h,
+            [
+                "hello from A",
+                "again from A",
+                "hello from B",
+                "after the junk"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn history_keeps_the_last_50_oldest_first() {
+        let redis = Redis::start().await;
+        let a = redis.chat().await;
+        let b = redis.chat().await;
+        let mut alice = a.client().await;
+        alice.join("lobby", "alice").await;
+        for i in 1..=55 {
+            alice.say("lobby", &format!("message {i}")).await;
+        }
+        let mut bob = b.client().await;
+        let h = texts(&bob.join("lobby", "bob").await["history"]);
+        let want: Vec<String> = (6..=55).map(|i| format!("message {i}")).collect();
+        assert_eq!(h, want);
+        assert_eq!(
+            redis
+                .cmd(&["LLEN", "websocket.broadcast:history:lobby"])
+                .await,
+            ":50\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_survives_restarting_the_instances() {
+        let redis = Redis::start().await;
+        let a = redis.chat().await;
+        let b = redis.chat().await;
+        let mut alice = a.client().await;
+        alice.join("lobby", "alice").await;
+        alice.say("lobby", "one").await;
+        alice.say("lobby", "two").await;
+        drop(alice);
+        drop((a, b));
+
+        let a = redis.chat().await;
+        let b = redis.chat().await;
+        for server in [&a, &b] {
+            let mut c = server.client().await;
+            let h = texts(&c.join("lobby", "zoe").await["history"]);
+            assert_eq!(h, ["one", "two"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_down_loses_history_not_messages() {
+        let mut redis = Redis::start().await;
+        let a = redis.chat().await;
+        let mut alice = a.client().await;
+        alice.join("lobby", "alice").await;
+        alice.say("lobby", "before").await;
+        assert_eq!(alice.notification().await.1["text"], "before");
+
+        redis.down();
+        // Sending still works, and delivers.
+        for text in ["while down", "still down"] {
+            let ts = alice.say("lobby", text).await;
+            assert_eq!(
+                alice.notification().await,
+                (
+                    "chat.message".to_owned(),
+                    json!({"room": "lobby", "nick": "alice", "text": text, "ts": ts})
+                )
+            );
+        }
+        // Joining still works, with no history rather than an error.
+        let mut bob = a.client().await;
+        let r = bob.join("lobby", "bob").await;
+        assert_eq!(r["members"], json!(["alice", "bob"]));
+        assert_eq!(r["history"], json!([]));
+
+        // Once Redis is back (empty: it kept nothing), history resumes by
+        // itself.
+        redis.up().await;
+        wait_for_history(&mut alice, &mut bob).await;
+    }
+
+    #[tokio::test]
+    async fn starts_and_serves_while_redis_is_down() {
+        let mut redis = Redis::stopped();
+        let a = redis.chat().await;
+        let mut alice = a.client().await;
+        assert_eq!(alice.join("lobby", "alice").await["history"], json!([]));
+        let ts = alice.say("lobby", "nobody keeps this").await;
+        assert_eq!(alice.notification().await.1["ts"], ts);
+        let mut bob = a.client().await;
+        assert_eq!(bob.join("lobby", "bob").await["history"], json!([]));
+
+        redis.up().await;
+        wait_for_history(&mut alice, &mut bob).await;
+    }
+
+    /// Polls (bounded) until a message `alice` sends shows in the history
+    /// `bob` gets on joining `lobby` again, then checks that only messages
+    /// sent since are there.
+    async fn wait_for_history(alice: &mut Chat, bob: &mut Chat) {
+        for i in 0..200 {
+            alice.say("lobby", &format!("back {i}")).await;
+            let h = texts(&bob.join("lobby", "bob").await["history"]);
+            if !h.is_empty() {
+                assert!(h.iter().all(|t| t.starts_with("back ")), "{h:?}");
+                assert!(h.contains(&format!("back {i}")), "{h:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("history did not come back with Redis");
+    }
+}
+
+/// Three chat instances sharing a broker: rooms, presence, notices, and a
+/// crashed instance's members leaving after the presence TTL.
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod across_instances {
+    use super::*;
+
+    /// Polls `chat.members` until it lists `want`.
+    async fn members_become(chat: &mut Chat, room: &str, want: &[&str]) {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            last = chat.ok("chat.members", json!({ "room": room })).await["members"].clone();
+            if last == json!(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("members of {room}: {last}, expected {want:?}");
+    }
+
+    /// The next notification, which must be `method` for `nick`.
+    async fn expect_notice(chat: &mut Chat, method: &str, nick: &str) {
+        let (m, p) = chat.notification().await;
+        assert_eq!(
+            (m.as_str(), &p),
+            (method, &json!({"room": "lobby", "nick": nick})),
+            "expected {method} of {nick}"
+        );
+    }
+
+    pub(super) async fn chat_across_three_instances(mut env: Vec<(&'static str, String)>) {
+        env.push(("WS_PRESENCE_TTL", "1s".to_owned()));
+        env.push(("WS_PUBSUB_CHANNEL", format!("chat{}", free_port())));
+        let s1 = ChatServer::start_with(&env).await;
+        let s2 = ChatServer::start_with(&env).await;
+        let mut s3 = ChatServer::start_with(&env).await;
+        // Each instance hears the others' heartbeats: their presence
+        // channels are live.
+        for s in [&s1, &s2, &s3] {
+            s.wait_metric("nbio_ws_presence_remote_instances", 2).await;
+        }
+        let mut ada = s1.client().await;
+        let mut grace = s2.client().await;
+        let mut linus = s3.client().await;
+
+        // Each joins once the others' instances know who is there: the
+        // join reply lists the members of every instance, and those
+        // already in hear of the new one exactly once.
+        assert_eq!(ada.join("lobby", "ada").await["members"], json!(["ada"]));
+        members_become(&mut grace, "lobby", &["ada"]).await;
+        let r = grace.join("lobby", "grace").await;
+        assert_eq!(r["members"], json!(["ada", "grace"]), "{r}");
+        expect_notice(&mut ada, "chat.joined", "grace").await;
+        members_become(&mut linus, "lobby", &["ada", "grace"]).await;
+        let r = linus.join("lobby", "linus").await;
+        assert_eq!(r["members"], json!(["ada", "grace", "linus"]), "{r}");
+        expect_notice(&mut ada, "chat.joined", "linus").await;
+        expect_notice(&mut grace, "chat.joined", "linus").await;
+        for chat in [&mut ada, &mut grace] {
+            members_become(chat, "lobby", &["ada", "grace", "linus"]).await;
+        }
+
+        // Messages cross instances, once, with one timestamp.
+        let ts = ada.say("lobby", "hi all").await;
+        let want = (
+            "chat.message".to_owned(),
+            json!({"room": "lobby", "nick": "ada", "text": "hi all", "ts": ts}),
+        );
+        for chat in [&mut ada, &mut grace, &mut linus] {
+            assert_eq!(chat.notification().await, want);
+        }
+        let ts = linus.say("lobby", "hello from 3").await;
+        for chat in [&mut ada, &mut grace, &mut linus] {
+            let (m, p) = chat.notification().await;
+            assert_eq!(
+                (m.as_str(), &p["text"], &p["ts"]),
+                ("chat.message", &json!("hello from 3"), &json!(ts))
+            );
+        }
+
+        // Instance 3 crashes (SIGKILL): its member leaves everyone's list
+        // after the presence TTL, with a notice.
+        let _ = s3.child.kill();
+        let _ = s3.child.wait();
+        expect_notice(&mut ada, "chat.left", "linus").await;
+        expect_notice(&mut grace, "chat.left", "linus").await;
+        members_become(&mut ada, "lobby", &["ada", "grace"]).await;
+        members_become(&mut grace, "lobby", &["ada", "grace"]).await;
+
+        // A disconnect on instance 2 is a leave on instance 1.
+        let _ = grace.ws.close(None).await;
+        drop(grace);
+        expect_notice(&mut ada, "chat.left", "grace").await;
+        members_become(&mut ada, "lobby", &["ada"]).await;
+        ada.expect_nothing().await; // no duplicate notices
+    }
+}
+
+#[cfg(feature = "nats")]
+mod nats_instances {
+    use super::*;
+
+    /// A `nats-server` of the test's own on a free loopback port.
+    struct Nats {
+        port: u16,
+        child: Child,
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn chat_across_three_instances_with_nats() {
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server (is it installed?): {e}"));
+        let nats = Nats { port, child };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", nats.port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        super::across_instances::chat_across_three_instances(vec![
+            ("WS_PUBSUB_ENABLED", "true".to_owned()),
+            ("WS_PUBSUB_ADAPTER", "nats".to_owned()),
+            ("WS_NATS_URL", format!("nats://127.0.0.1:{}", nats.port)),
+        ])
+        .await;
+    }
 }

@@ -12,6 +12,14 @@
 // The binary comes from the first argument or CHAT_BIN; the browser from
 // CHROMIUM (default /usr/bin/chromium). Screenshots go to out/ beside this
 // file.
+//
+// With CHAT_INSTANCES=2 it starts two instances of the binary on two ports
+// and opens alice's page on the first and bob's on the second: set the
+// WS_PUBSUB_* variables so that they share a broker (with Redis and the
+// `redis` feature they also share the history):
+//
+//   WS_PUBSUB_ENABLED=true WS_PUBSUB_ADAPTER=redis WS_REDIS_URL=redis://127.0.0.1:6379/0 \
+//     CHAT_INSTANCES=2 node examples/chat/browser-test/test.mjs target/debug/chat
 
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, existsSync } from "node:fs";
@@ -50,7 +58,8 @@ try {
 
 // ---- processes and cleanup --------------------------------------------------
 
-let server = null;
+const INSTANCES = process.env.CHAT_INSTANCES === "2" ? 2 : 1;
+let servers = [];
 let serverLog = "";
 let context = null;
 let userDataDir = null;
@@ -72,7 +81,7 @@ function startServer(port) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const keep = (d) => {
-    serverLog = (serverLog + d.toString()).slice(-8000);
+    serverLog = (serverLog + `[:${port}] ` + d.toString()).slice(-8000);
   };
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
@@ -110,7 +119,7 @@ async function cleanup() {
   if (cleaned) return;
   cleaned = true;
   if (context) await context.close().catch(() => {});
-  await stopServer(server);
+  await Promise.all(servers.map((s) => stopServer(s)));
   if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 }
 
@@ -202,10 +211,13 @@ async function screenshots(prefix) {
 }
 
 try {
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}/`;
-  server = startServer(port);
-  await waitHealthy(port);
+  const ports = [];
+  for (let i = 0; i < INSTANCES; i++) ports.push(await freePort());
+  const port = ports[0];
+  const bases = ports.map((p) => `http://127.0.0.1:${p}/`);
+  servers = ports.map((p) => startServer(p));
+  for (const p of ports) await waitHealthy(p);
+  if (INSTANCES > 1) console.log(`two instances: alice on :${ports[0]}, bob on :${ports[1]}`);
 
   userDataDir = mkdtempSync(join(tmpdir(), "nbio-chat-chromium-"));
   context = await chromium.launchPersistentContext(userDataDir, {
@@ -237,9 +249,10 @@ try {
     });
   }
 
+  const baseOf = (page) => (page === bob ? bases[bases.length - 1] : bases[0]);
   await check("page loads and connects to ws://…/ws", async () => {
     for (const page of [alice, bob]) {
-      await page.goto(base);
+      await page.goto(baseOf(page));
       await page.locator("#conn[data-state=open]").waitFor();
       assert((await page.getByTestId("room-input").inputValue()) === "lobby", "room defaults to lobby");
     }
@@ -327,10 +340,10 @@ try {
   });
 
   await check("server restart: the page reconnects with backoff and re-joins", async () => {
-    await stopServer(server);
+    await stopServer(servers[0]);
     await alice.locator("#conn[data-state=waiting]").waitFor();
     await notice(alice, "info", "Connection lost").waitFor();
-    server = startServer(port);
+    servers[0] = startServer(port);
     await waitHealthy(port);
     await alice.locator("#conn[data-state=open]").waitFor({ timeout: 20_000 });
     await notice(alice, "info", "Reconnected.").waitFor();

@@ -4,51 +4,22 @@
 //! ```text
 //! cargo run -p nbio-ws-examples --bin chat      # then open http://127.0.0.1:8080/
 //! ```
+//!
+//! The history is kept in memory, or in Redis when built with
+//! `--features redis` and run with the redis pub/sub adapter
+//! (`WS_PUBSUB_ENABLED=true WS_PUBSUB_ADAPTER=redis WS_REDIS_URL=...`).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nbio_ws::{rpc_method, Client, Hub, Params, PresenceEvent, RpcError, Server, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
-/// Messages kept per room and sent to whoever joins.
-const HISTORY: usize = 50;
+mod history;
+
+use history::{ChatMessage, History};
+
 const MAX_TEXT: usize = 2000;
-
-/// A chat message, as sent in `chat.message` and kept in history.
-#[derive(Debug, Clone, Serialize)]
-struct ChatMessage {
-    room: String,
-    nick: String,
-    text: String,
-    /// Milliseconds since the Unix epoch.
-    ts: u64,
-}
-
-/// The last messages of each room.
-#[derive(Default)]
-struct History(Mutex<HashMap<String, VecDeque<ChatMessage>>>);
-
-impl History {
-    fn push(&self, msg: ChatMessage) {
-        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let q = rooms.entry(msg.room.clone()).or_default();
-        if q.len() == HISTORY {
-            q.pop_front();
-        }
-        q.push_back(msg);
-    }
-
-    fn of(&self, room: &str) -> Vec<ChatMessage> {
-        let rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        rooms
-            .get(room)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
 
 /// The client's nickname, set by its first `chat.join`.
 #[derive(Clone)]
@@ -130,14 +101,24 @@ async fn join(
     }
     client.insert_extension(Nick(p.nick.clone()));
     // Joining a room again is harmless: the same reply, and no second
-    // `chat.joined` for the others (the hub announces every join_with).
-    if !client.in_room(&p.room) {
-        client.join_with(&p.room, json!({ "nick": p.nick }));
+    // `chat.joined` for the others.
+    if !client.in_room(&p.room) && client.join_with(&p.room, json!({ "nick": p.nick })) {
+        // This instance's members hear of it now, before anyone can join
+        // after it (other instances announce it from their presence
+        // events: see `announce_presence`).
+        let _ = hub
+            .to(&p.room)
+            .except(client.id())
+            .local()
+            .notify("chat.joined", &json!({ "room": p.room, "nick": p.nick }));
     }
+    // With a broker: once this returns, messages sent to the room from
+    // other instances reach this client.
+    hub.room_ready(&p.room).await;
     Ok(json!({
         "room": p.room,
         "members": nicks(&hub.members(&p.room).await),
-        "history": history.of(&p.room),
+        "history": history.of(&p.room).await,
     }))
 }
 
@@ -148,9 +129,11 @@ struct SendParams {
 }
 
 /// `chat.send {room, text}` → `{ts}`; everyone in the room, the sender
-/// included, gets `chat.message`.
+/// included, gets `chat.message`. The message is delivered first and kept
+/// in history after (best effort: a history store that is down does not
+/// fail the send).
 #[rpc_method("chat.send")]
-fn send(
+async fn send(
     client: Client,
     hub: Hub,
     State(history): State<History>,
@@ -177,9 +160,8 @@ fn send(
     hub.to(&p.room)
         .notify("chat.message", &msg)
         .map_err(RpcError::internal)?;
-    let ts = msg.ts;
-    history.push(msg);
-    Ok(json!({ "ts": ts }))
+    history.push(&msg).await;
+    Ok(json!({ "ts": msg.ts }))
 }
 
 #[derive(Deserialize)]
@@ -204,8 +186,11 @@ async fn members(hub: Hub, Params(p): Params<RoomParams>) -> Result<serde_json::
     Ok(json!({ "room": p.room, "members": nicks(&hub.members(&p.room).await) }))
 }
 
-/// Turns joins and leaves (disconnects included) into `chat.joined` and
-/// `chat.left` for the other members of the room.
+/// Turns presence events into `chat.joined` and `chat.left` for the
+/// members of the room on this instance: every leave (`chat.leave`, a
+/// disconnect, and, with a broker, those on other instances and the expiry
+/// of a crashed instance's members) and the joins of other instances
+/// (local joins are announced by `chat.join` itself).
 async fn announce_presence(hub: Hub) {
     let mut events = hub.presence_events();
     loop {
@@ -218,13 +203,21 @@ async fn announce_presence(hub: Hub) {
             Err(_) => return,
         };
         let (method, room, member) = match event {
-            PresenceEvent::Joined { room, member } => ("chat.joined", room, member),
-            PresenceEvent::Left { room, member } => ("chat.left", room, member),
+            PresenceEvent::Joined {
+                room,
+                member,
+                remote: true,
+            } => ("chat.joined", room, member),
+            PresenceEvent::Joined { remote: false, .. } => continue,
+            PresenceEvent::Left { room, member, .. } => ("chat.left", room, member),
         };
         let nick = member.meta.get("nick").cloned().unwrap_or_default();
+        // Every instance gets every presence event (its own members' and,
+        // with a broker, the others'), so each tells only its own clients.
         let _ = hub
             .to(&room)
             .except(member.client)
+            .local()
             .notify(method, &json!({ "room": room, "nick": nick }));
     }
 }
@@ -239,23 +232,30 @@ async fn main() -> std::process::ExitCode {
         }
     };
     nbio_ws::init_logging(&config);
+    let history = match History::from_config(&config) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let server = Server::builder()
         .config(config)
-        .state(History::default())
+        .state(history)
         .page(
             "/",
             "text/html; charset=utf-8",
-            include_str!("../../chat/static/index.html"),
+            include_str!("../../../chat/static/index.html"),
         )
         .page(
             "/app.js",
             "text/javascript; charset=utf-8",
-            include_str!("../../chat/static/app.js"),
+            include_str!("../../../chat/static/app.js"),
         )
         .page(
             "/style.css",
             "text/css; charset=utf-8",
-            include_str!("../../chat/static/style.css"),
+            include_str!("../../../chat/static/style.css"),
         )
         .build();
     let server = match server {
