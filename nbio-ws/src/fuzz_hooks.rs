@@ -237,3 +237,33 @@ pub fn frames(data: &[u8]) {
         }
     }
 }
+
+/// Broker envelopes, as a peer on the broker (or anyone who can publish
+/// on its channels) may send them: decoding never panics, what decodes
+/// encodes back to the same entries, and applying its presence entries to
+/// a replica (from a fresh one, then again as a repeat) never panics.
+pub fn envelope(data: &[u8]) {
+    use crate::broker::envelope::{self, Entry};
+    use crate::presence::Replica;
+
+    let Ok(env) = envelope::decode(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let again = envelope::encode(env.origin, env.first_seq, &env.entries);
+    match envelope::decode(again) {
+        Ok(back) => assert_eq!(back.entries, env.entries, "round trip"),
+        Err(e) => panic!("a re-encoded envelope does not decode: {e}"),
+    }
+    let replica = Replica::new(std::time::Duration::from_secs(1));
+    let (events, _rx) = tokio::sync::broadcast::channel(64);
+    for _ in 0..2 {
+        for entry in &env.entries {
+            if let Entry::Presence(p) = entry {
+                replica.apply(1, env.origin, p.clone(), &events);
+            }
+        }
+    }
+    let mut members = Vec::new();
+    replica.members("lobby", &mut members);
+    replica.expire(&events);
+}

@@ -61,3 +61,8 @@ fn close_frame() {
 fn frames() {
     replay("frames", __fuzz::frames);
 }
+
+#[test]
+fn envelope() {
+    replay("envelope", __fuzz::envelope);
+}
