@@ -120,7 +120,7 @@ impl MemoryHistory {
 ///   when its connection drops), created lazily: startup never waits for
 ///   Redis, and a server started while Redis is down serves at once and
 ///   uses Redis as soon as it answers.
-/// - Every call, connecting included, is bounded by [`TIMEOUT`]. After a
+/// - Every call, connecting included, is bounded by `TIMEOUT` (1 s). After a
 ///   failure Redis is left alone for a pause (250 ms, doubling up to 2 s
 ///   while it keeps failing), then tried by one call at a time: the calls
 ///   in between skip it at once instead of each waiting for a timeout. A
