@@ -206,6 +206,8 @@ pub mod __bench {
     pub struct HubFixture {
         /// The hub.
         pub hub: Hub,
+        /// Its clients, in registration order.
+        pub clients: Vec<Client>,
         rxs: Vec<OutRx>,
     }
 
@@ -214,12 +216,14 @@ pub mod __bench {
         pub fn new(n: usize, queue: usize) -> Self {
             let hub = Hub::new();
             let mut rxs = Vec::with_capacity(n);
+            let mut clients = Vec::with_capacity(n);
             for _ in 0..n {
                 let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, queue);
-                hub.register(c);
+                hub.register(c.clone());
+                clients.push(c);
                 rxs.push(rx);
             }
-            HubFixture { hub, rxs }
+            HubFixture { hub, clients, rxs }
         }
 
         /// Empties every queue; returns how many messages were queued.
