@@ -11,18 +11,23 @@
 //!
 //! - **Deltas.** Every join and leave on an instance bumps its *presence
 //!   version* and is published with it (`Join`/`Leave`). A replica applies
-//!   a delta that is next in line; one that skips versions means something
-//!   was lost on the way (pub/sub is at-most-once), so it is applied and a
-//!   snapshot is asked for.
+//!   a delta that is next in line; one that skips versions (or a hole in
+//!   the presence channel's sequence numbers) means something was lost on
+//!   the way (pub/sub is at-most-once), so it is applied and the replica
+//!   asks for a snapshot — again at every heartbeat (at most every
+//!   `ttl / 3`) until one is applied.
 //! - **Heartbeats.** Every `ttl / 3` an instance publishes its version and
 //!   its TTL. A replica whose version differs asks for a snapshot; one that
 //!   hears nothing from an instance for `ttl` drops everything that
 //!   instance had (it crashed or lost the broker), which heals presence
 //!   after a crash.
 //! - **Snapshots.** On request (`SyncRequest`, also sent by every instance
-//!   when it starts), an instance publishes all its memberships, in parts
-//!   of at most 256 KiB; a replica replaces what it had for that instance
-//!   and emits the differences as events.
+//!   when it starts), an instance publishes all its memberships, in
+//!   numbered parts of at most 256 KiB; a replica that received every part
+//!   in order replaces what it had for that instance and emits the
+//!   differences as events (so a member who was there all along but unknown
+//!   here shows up as a `Joined`); a snapshot with a part missing is
+//!   dropped and asked for again.
 //! - **Goodbye.** At graceful shutdown an instance publishes `Gone`, so
 //!   others drop its entries at once instead of after `ttl`.
 //!
@@ -64,22 +69,37 @@ pub(crate) enum Reply {
 struct Origin {
     /// The last version applied.
     version: u64,
+    /// Whether any versioned entry (delta or snapshot) was applied.
+    seen: bool,
     /// Whether a snapshot was ever applied (deltas alone may miss some).
     synced: bool,
+    /// Whether something may be missing since (a skipped version, a hole
+    /// in the channel, a broken snapshot): heartbeats keep asking for a
+    /// snapshot until one is applied.
+    needs_sync: bool,
     expires: Instant,
     ttl: Duration,
     rooms: HashMap<Arc<str>, HashMap<ClientId, serde_json::Value>>,
-    /// Parts of a snapshot being received: its version and members.
-    pending: Option<(u64, SnapshotMembers)>,
+    /// A snapshot being received.
+    pending: Option<Pending>,
     /// When a snapshot was last asked for.
     asked: Option<Instant>,
+}
+
+/// The parts of a snapshot received so far, in order.
+struct Pending {
+    version: u64,
+    next_part: u32,
+    members: SnapshotMembers,
 }
 
 impl Origin {
     fn new(ttl: Duration, now: Instant) -> Origin {
         Origin {
             version: 0,
+            seen: false,
             synced: false,
+            needs_sync: false,
             expires: now + ttl,
             ttl,
             rooms: HashMap::new(),
@@ -100,6 +120,33 @@ impl Origin {
 
     fn count(&self) -> usize {
         self.rooms.values().map(HashMap::len).sum()
+    }
+
+    /// Whether deltas are trusted to be complete.
+    fn complete(&self) -> bool {
+        self.synced && !self.needs_sync
+    }
+
+    /// Bookkeeping of a delta's version; `false` if it was seen already.
+    fn take_version(&mut self, version: u64) -> bool {
+        if self.seen && version <= self.version {
+            return false;
+        }
+        if self.version.checked_add(1) != Some(version) {
+            self.needs_sync = true; // something in between was lost
+        }
+        self.version = self.version.max(version);
+        self.seen = true;
+        true
+    }
+
+    /// What to reply after a delta.
+    fn after_delta(&mut self, origin: u64, now: Instant) -> Reply {
+        if self.complete() {
+            Reply::None
+        } else {
+            self.ask(origin, now)
+        }
     }
 }
 
@@ -184,32 +231,24 @@ impl Replica {
                 client,
                 meta,
             } => {
-                if version <= o.version && o.synced {
+                if !o.take_version(version) {
                     return Reply::None; // seen already
                 }
-                let in_line = version == o.version + 1;
-                o.version = o.version.max(version);
                 let meta = meta_of(&meta);
                 let members = o.rooms.entry(Arc::clone(&room)).or_default();
                 if members.insert(client, meta.clone()).is_none() {
                     let _ = events.send(joined(&room, client, meta));
                 }
-                if in_line && o.synced {
-                    Reply::None
-                } else {
-                    o.ask(origin, now)
-                }
+                o.after_delta(origin, now)
             }
             Presence::Leave {
                 version,
                 room,
                 client,
             } => {
-                if version <= o.version && o.synced {
+                if !o.take_version(version) {
                     return Reply::None;
                 }
-                let in_line = version == o.version + 1;
-                o.version = o.version.max(version);
                 if let Some(members) = o.rooms.get_mut(&room) {
                     if let Some(meta) = members.remove(&client) {
                         let _ = events.send(left(&room, client, meta));
@@ -218,20 +257,17 @@ impl Replica {
                         o.rooms.remove(&room);
                     }
                 }
-                if in_line && o.synced {
-                    Reply::None
-                } else {
-                    o.ask(origin, now)
-                }
+                o.after_delta(origin, now)
             }
             Presence::Heartbeat { version, ttl_ms } => {
                 o.ttl = Duration::from_millis(u64::from(ttl_ms.max(100)));
                 o.expires = now + o.ttl;
-                if o.synced && version == o.version {
-                    Reply::None
-                } else if !o.synced && version == 0 && o.pending.is_none() {
+                if !o.seen && version == 0 && o.pending.is_none() {
                     // An instance with no members yet: nothing to fetch.
+                    o.seen = true;
                     o.synced = true;
+                }
+                if o.complete() && version == o.version {
                     Reply::None
                 } else {
                     o.ask(origin, now)
@@ -239,23 +275,39 @@ impl Replica {
             }
             Presence::Snapshot {
                 version,
-                last,
+                part,
+                parts,
                 members,
             } => {
-                let parts = match o.pending.take() {
-                    Some((v, mut have)) if v == version => {
-                        have.extend(members);
-                        have
+                if o.seen && version < o.version {
+                    // Older than deltas already applied.
+                    o.pending = None;
+                    return o.after_delta(origin, now);
+                }
+                let pending = match o.pending.take() {
+                    _ if part == 0 => Pending {
+                        version,
+                        next_part: 1,
+                        members,
+                    },
+                    Some(mut p) if p.version == version && p.next_part == part => {
+                        p.members.extend(members);
+                        p.next_part += 1;
+                        p
                     }
-                    _ => members,
+                    _ => {
+                        // A part is missing: this snapshot is unusable.
+                        o.needs_sync = true;
+                        return o.ask(origin, now);
+                    }
                 };
-                if !last {
-                    o.pending = Some((version, parts));
+                if pending.next_part < parts {
+                    o.pending = Some(pending);
                     return Reply::None;
                 }
                 let mut fresh: HashMap<Arc<str>, HashMap<ClientId, serde_json::Value>> =
                     HashMap::new();
-                for (room, client, meta) in parts {
+                for (room, client, meta) in pending.members {
                     fresh
                         .entry(room)
                         .or_default()
@@ -278,11 +330,22 @@ impl Replica {
                 }
                 o.rooms = fresh;
                 o.version = version;
+                o.seen = true;
                 o.synced = true;
+                o.needs_sync = false;
                 o.asked = None; // answered
                 Reply::None
             }
             Presence::SyncRequest { .. } | Presence::Gone => Reply::None,
+        }
+    }
+
+    /// Notes that something from `origin` was lost on the way (a hole in
+    /// the presence channel's sequence numbers): its heartbeats will ask
+    /// for a snapshot until one is applied.
+    pub(crate) fn mark_gap(&self, origin: u64) {
+        if let Some(o) = self.lock().get_mut(&origin) {
+            o.needs_sync = true;
         }
     }
 
@@ -379,7 +442,8 @@ mod tests {
         // The snapshot replaces: 100 left, 101 is there.
         let snap = Presence::Snapshot {
             version: 2,
-            last: true,
+            part: 0,
+            parts: 1,
             members: vec![(Arc::from("a"), ClientId(101), Bytes::from_static(b"null"))],
         };
         assert_eq!(r.apply(1, 9, snap, &events), Reply::None);
@@ -395,8 +459,9 @@ mod tests {
             Reply::AskSnapshot(9)
         );
         assert_eq!(r.apply(1, 9, join(6, "a", 105), &events), Reply::None);
-        // A heartbeat that agrees asks nothing; sync requests for us or all
-        // ask for our snapshot.
+        // Until a snapshot is applied, heartbeats keep asking (at most every
+        // ttl / 3: not again yet); sync requests for us or all ask for our
+        // snapshot.
         let hb = Presence::Heartbeat {
             version: 6,
             ttl_ms: 10_000,
@@ -449,18 +514,23 @@ mod tests {
     async fn snapshots_in_parts() {
         let r = Replica::new(Duration::from_secs(10));
         let (events, _rx) = broadcast::channel(64);
-        let part = |last, client| Presence::Snapshot {
+        let part = |part, client| Presence::Snapshot {
             version: 4,
-            last,
+            part,
+            parts: 2,
             members: vec![(Arc::from("a"), ClientId(client), Bytes::from_static(b"{}"))],
         };
-        r.apply(1, 9, part(false, 1), &events);
+        r.apply(1, 9, part(0, 1), &events);
         assert!(
             names(&r, "a").is_empty(),
             "not applied before the last part"
         );
-        r.apply(1, 9, part(true, 2), &events);
+        r.apply(1, 9, part(1, 2), &events);
         assert_eq!(names(&r, "a"), [1, 2]);
         assert_eq!(r.len(), 2);
+        // A last part without the first is refused, and a snapshot asked for.
+        let r = Replica::new(Duration::from_secs(10));
+        assert_eq!(r.apply(1, 9, part(1, 2), &events), Reply::AskSnapshot(9));
+        assert!(names(&r, "a").is_empty());
     }
 }

@@ -166,14 +166,16 @@ impl Rooms {
         self.version.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn join(
-        &self,
-        link: Option<&Link>,
-        client: &Client,
-        room: &str,
-        meta: serde_json::Value,
-    ) -> bool {
+    fn join(&self, hub: &Hub, client: &Client, room: &str, meta: serde_json::Value) -> bool {
+        let link = hub.link();
         let mut version = self.lock();
+        // A client that disconnected (or was never registered) joins
+        // nothing: its memberships were dropped, or would never be.
+        // `leave_all` takes this lock too, so a join is either before it
+        // (and undone by it) or refused here.
+        if hub.get(client.id()).is_none() {
+            return false;
+        }
         let name: Arc<str> = match self.rooms.get(room) {
             Some(e) => Arc::clone(e.key()),
             None => Arc::from(room),
@@ -268,8 +270,8 @@ impl Rooms {
 
     /// Drops every membership of a client (on disconnect).
     pub(crate) fn leave_all(&self, link: Option<&Link>, id: ClientId) {
+        let mut version = self.lock();
         if let Some((_, rooms)) = self.by_client.remove(&id) {
-            let mut version = self.lock();
             for room in rooms {
                 self.remove_member(link, &mut version, id, &room);
             }
@@ -319,9 +321,11 @@ impl Rooms {
         self.rooms.len()
     }
 
-    /// The current presence version.
-    pub(crate) fn version(&self) -> u64 {
-        *self.lock()
+    /// Calls `f` with the current presence version while no membership
+    /// can change (so that a heartbeat is queued in order with the
+    /// changes).
+    pub(crate) fn with_version(&self, f: impl FnOnce(u64)) {
+        f(*self.lock())
     }
 
     /// Subscribes the link to every room that has local members.
@@ -334,28 +338,45 @@ impl Rooms {
     }
 
     /// Hands this instance's memberships to `part`, in parts of about
-    /// `part_bytes`, with the version they reflect; membership changes wait
-    /// meanwhile, so the parts are queued before any later join or leave.
+    /// `part_bytes` (`part(version, members, index, count)`), with the
+    /// version they reflect; membership changes wait meanwhile, so the parts
+    /// are queued before any later join or leave.
     pub(crate) fn snapshot(
         &self,
         part_bytes: usize,
-        mut part: impl FnMut(u64, SnapshotMembers, bool),
+        mut part: impl FnMut(u64, SnapshotMembers, u32, u32),
     ) {
         let version = self.lock();
-        let mut members = Vec::new();
+        let mut parts = vec![Vec::new()];
         let mut bytes = 0;
         for room in self.rooms.iter() {
             for (id, e) in room.value() {
                 let meta = meta_json(&e.meta);
-                bytes += 16 + room.key().len() + meta.len();
-                members.push((Arc::clone(room.key()), *id, meta));
-                if bytes >= part_bytes {
-                    part(*version, std::mem::take(&mut members), false);
+                let size = 16 + room.key().len() + meta.len();
+                if bytes + size > part_bytes && bytes > 0 {
+                    parts.push(Vec::new());
                     bytes = 0;
+                }
+                bytes += size;
+                if let Some(last) = parts.last_mut() {
+                    last.push((Arc::clone(room.key()), *id, meta));
                 }
             }
         }
-        part(*version, members, true);
+        let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        for (i, members) in parts.into_iter().enumerate() {
+            part(
+                *version,
+                members,
+                u32::try_from(i).unwrap_or(u32::MAX),
+                count,
+            );
+        }
+    }
+
+    /// Notes a hole in `origin`'s presence messages.
+    pub(crate) fn remote_gap(&self, origin: u64) {
+        self.remote.mark_gap(origin);
     }
 
     /// Applies a presence entry from another instance.
@@ -398,7 +419,7 @@ impl Client {
     /// from other instances after that).
     pub fn join_with(&self, room: &str, meta: serde_json::Value) -> bool {
         match self.hub() {
-            Some(hub) => hub.0.rooms.join(hub.link(), self, room, meta),
+            Some(hub) => hub.0.rooms.join(&hub, self, room, meta),
             None => false,
         }
     }
@@ -569,5 +590,34 @@ mod tests {
             });
         }
         assert_eq!(seen, ["+r", "+r", "+other", "-r", "-r"]);
+    }
+
+    #[tokio::test]
+    async fn a_disconnected_client_joins_nothing() {
+        let hub = Hub::new();
+        let a = client(&hub);
+        assert!(a.join("r"));
+        hub.unregister(a.id());
+        assert!(hub.members("r").await.is_empty());
+        // A handler still running after the disconnect cannot leave a
+        // ghost member behind.
+        assert!(!a.join("r"));
+        assert!(hub.members("r").await.is_empty());
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn joins_from_a_thread_without_a_runtime_use_the_servers() {
+        let hub = Hub::new();
+        hub.attach_broker(
+            Arc::new(crate::broker::LocalBroker::new()),
+            "t",
+            std::time::Duration::from_secs(15),
+        );
+        let a = client(&hub);
+        let joined = std::thread::spawn(move || a.join("r")).join();
+        assert!(matches!(joined, Ok(true)), "no panic, joined");
+        assert_eq!(hub.members("r").await.len(), 1);
+        assert_eq!(hub.link().map(|l| l.room_subscriptions()), Some(1));
     }
 }

@@ -19,8 +19,8 @@
 //!        'J' version(u64) str(room) client(u64) str(meta JSON)   a join
 //!        'L' version(u64) str(room) client(u64)                  a leave
 //!        'H' version(u64) ttl_ms(u32)            presence heartbeat
-//!        'S' version(u64) last(u8) count(u32) count × (str(room) client(u64) str(meta))
-//!                                                a part of a presence snapshot
+//!        'S' version(u64) part(u32) parts(u32) count(u32) count × (str(room) client(u64) str(meta))
+//!                                                part `part` (0-based) of `parts` of a presence snapshot
 //!        'Q' target(u64)                         "send your snapshot" (0: everyone)
 //!        'X'                                     the origin is shutting down
 //! ```
@@ -43,6 +43,10 @@ use crate::client::ClientId;
 const MAGIC: u8 = b'N';
 const VERSION: u8 = 2;
 const HEADER: usize = 18;
+/// Most entries one envelope may hold (a publisher packs at most 256): a
+/// message of tiny entries cannot make a receiver allocate far more than
+/// its size.
+pub(crate) const MAX_ENTRIES: usize = 1024;
 
 /// One message to carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +88,8 @@ pub(crate) enum Presence {
     },
     Snapshot {
         version: u64,
-        last: bool,
+        part: u32,
+        parts: u32,
         members: SnapshotMembers,
     },
     SyncRequest {
@@ -116,7 +121,7 @@ impl Entry {
                 Presence::Leave { room, .. } => 21 + room.len(),
                 Presence::Heartbeat { .. } => 13,
                 Presence::Snapshot { members, .. } => {
-                    14 + members
+                    21 + members
                         .iter()
                         .map(|(r, _, m)| 16 + r.len() + m.len())
                         .sum::<usize>()
@@ -218,12 +223,14 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
             }
             Entry::Presence(Presence::Snapshot {
                 version,
-                last,
+                part,
+                parts,
                 members,
             }) => {
                 out.put_u8(b'S');
                 out.put_u64(*version);
-                out.put_u8(u8::from(*last));
+                out.put_u32(*part);
+                out.put_u32(*parts);
                 out.put_u32(u32::try_from(members.len()).unwrap_or(u32::MAX));
                 for (room, client, meta) in members {
                     put_str(&mut out, room.as_bytes());
@@ -269,6 +276,8 @@ pub(crate) enum DecodeError {
     Kind(u8),
     #[error("an entry is not valid UTF-8")]
     Utf8,
+    #[error("more than {MAX_ENTRIES} entries")]
+    TooMany,
 }
 
 /// The origin of an envelope, read from the header only (so an instance
@@ -299,6 +308,9 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
     };
     let mut entries = Vec::new();
     while r.at < buf.len() {
+        if entries.len() == MAX_ENTRIES {
+            return Err(DecodeError::TooMany);
+        }
         let kind = r.u8()?;
         entries.push(match kind {
             b'B' => Entry::Broadcast(r.text()?),
@@ -332,7 +344,11 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
             }),
             b'S' => {
                 let version = r.u64()?;
-                let last = r.u8()? != 0;
+                let part = r.u32()?;
+                let parts = r.u32()?;
+                if part >= parts {
+                    return Err(DecodeError::Truncated);
+                }
                 let count = r.u32()?;
                 // Each member takes at least 16 bytes: a count that cannot
                 // fit is a lie, not a reason to allocate.
@@ -345,7 +361,8 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
                 }
                 Entry::Presence(Presence::Snapshot {
                     version,
-                    last,
+                    part,
+                    parts,
                     members,
                 })
             }
@@ -458,7 +475,8 @@ mod tests {
             }),
             Entry::Presence(Presence::Snapshot {
                 version: 4,
-                last: true,
+                part: 1,
+                parts: 2,
                 members: vec![
                     (Arc::from("a"), ClientId(1), Bytes::from_static(b"null")),
                     (
@@ -490,12 +508,13 @@ mod tests {
             0,
             &[Entry::Presence(Presence::Snapshot {
                 version: 1,
-                last: true,
+                part: 0,
+                parts: 1,
                 members: vec![],
             })],
         )
         .to_vec();
-        let count_at = HEADER + 1 + 8 + 1;
+        let count_at = HEADER + 1 + 8 + 4 + 4;
         v[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Truncated);
     }
@@ -526,5 +545,50 @@ mod tests {
         let mut v = encode(1, 0, &[Entry::Broadcast(Bytes::from_static(b"abc"))]).to_vec();
         v[HEADER + 1..HEADER + 5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(v)).unwrap_err(), DecodeError::Truncated);
+    }
+
+    #[test]
+    fn the_fuzz_seeds_decode() {
+        for (name, seed) in [
+            (
+                "broadcast_direct",
+                &include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/fuzz/corpus/envelope/broadcast_direct"
+                ))[..],
+            ),
+            (
+                "room",
+                &include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/fuzz/corpus/envelope/room"
+                ))[..],
+            ),
+            (
+                "presence",
+                &include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/fuzz/corpus/envelope/presence"
+                ))[..],
+            ),
+        ] {
+            let env =
+                decode(Bytes::copy_from_slice(seed)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!env.entries.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let many = vec![Entry::Presence(Presence::Gone); MAX_ENTRIES + 1];
+        assert_eq!(
+            decode(encode(1, 0, &many)).unwrap_err(),
+            DecodeError::TooMany
+        );
+        let enough = &many[..MAX_ENTRIES];
+        assert_eq!(
+            decode(encode(1, 0, enough)).unwrap().entries.len(),
+            MAX_ENTRIES
+        );
     }
 }

@@ -5,8 +5,10 @@
 //! (heartbeats, expiry, snapshots).
 //!
 //! Every task is owned by the hub: dropping the last handle to the hub
-//! (or [`Link::stop`] at server shutdown) ends them, and the backend's own
-//! tasks end when the subscriptions they feed are dropped.
+//! (or [`Link::stop`] at server shutdown) ends them, which drops their
+//! subscriptions; a backend's own tasks stop reading a channel when its
+//! subscription is dropped (the Redis subscriber task itself ends when the
+//! broker handle and every subscription are gone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -82,8 +84,10 @@ enum Kind {
     Room,
 }
 
-/// A room subscription of this instance.
+/// A room channel this instance is subscribed to, and the rooms with
+/// local members that use it (one, unless names hash alike).
 struct RoomSub {
+    rooms: Vec<Arc<str>>,
     cancel: CancellationToken,
     ready: watch::Receiver<bool>,
 }
@@ -103,9 +107,14 @@ pub(crate) struct Link {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
-    /// The hub, once started (room subscriptions need it).
-    hub: OnceLock<Weak<HubInner>>,
-    rooms: Mutex<HashMap<Arc<str>, RoomSub>>,
+    /// The hub and the runtime, once started (room subscriptions need
+    /// them, and joins may come from any thread).
+    hub: OnceLock<(Weak<HubInner>, tokio::runtime::Handle)>,
+    /// Room subscriptions by channel.
+    rooms: Mutex<HashMap<String, RoomSub>>,
+    /// Set by [`Link::stop`]: presence entries are refused from then on,
+    /// so that `Gone` is the last word.
+    stopping: std::sync::atomic::AtomicBool,
     snapshot_wanted: Arc<Notify>,
 }
 
@@ -136,11 +145,17 @@ impl Link {
             hub: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
             snapshot_wanted: Arc::new(Notify::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Queues an entry for the publisher. Never blocks.
     pub(crate) fn queue(&self, entry: Entry) {
+        if matches!(entry, Entry::Presence(_))
+            && self.stopping.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
         if let Err(e) = self.tx.try_send(entry) {
             self.metrics.incr(PUBLISH_FAILURES);
             let full = matches!(e, mpsc::error::TrySendError::Full(_));
@@ -161,7 +176,7 @@ impl Link {
         self.lock_rooms().len()
     }
 
-    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomSub>> {
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomSub>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -171,8 +186,8 @@ impl Link {
         kind: Kind,
         cancel: CancellationToken,
     ) -> Option<JoinHandle<()>> {
-        let hub = self.hub.get()?.clone();
-        Some(tokio::spawn(receive_loop(
+        let (hub, rt) = self.hub.get()?.clone();
+        Some(rt.spawn(receive_loop(
             sub,
             hub,
             self.origin,
@@ -186,21 +201,37 @@ impl Link {
     /// Before the link is started this does nothing: [`Link::start`]
     /// subscribes the rooms that have members then.
     pub(crate) fn room_subscribe(&self, room: &Arc<str>) {
-        if self.hub.get().is_none() || self.cancel.is_cancelled() {
+        let Some((_, rt)) = self.hub.get() else {
             return;
-        }
-        let mut rooms = self.lock_rooms();
-        if rooms.contains_key(room) {
+        };
+        if self.cancel.is_cancelled() {
             return;
         }
         let channel = room_channel(&self.channel, room);
+        let mut subs = self.lock_rooms();
+        if let Some(sub) = subs.get_mut(&channel) {
+            if !sub.rooms.contains(room) {
+                sub.rooms.push(Arc::clone(room));
+            }
+            return;
+        }
+        // Backends spawn their tasks: on the server's runtime, whatever
+        // thread the join comes from.
+        let _entered = rt.enter();
         match self.broker.subscribe(&channel) {
             Ok(sub) => {
                 let ready = sub.ready_watch();
                 let cancel = self.cancel.child_token();
                 // The task ends (and the subscription with it) on cancel.
                 let _ = self.spawn_receiver(sub, Kind::Room, cancel.clone());
-                rooms.insert(Arc::clone(room), RoomSub { cancel, ready });
+                subs.insert(
+                    channel,
+                    RoomSub {
+                        rooms: vec![Arc::clone(room)],
+                        cancel,
+                        ready,
+                    },
+                );
             }
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cannot subscribe to a room's channel: \
@@ -211,8 +242,15 @@ impl Link {
 
     /// Drops a room's subscription (its last local member left).
     pub(crate) fn room_unsubscribe(&self, room: &str) {
-        if let Some(sub) = self.lock_rooms().remove(room) {
-            sub.cancel.cancel();
+        let channel = room_channel(&self.channel, room);
+        let mut subs = self.lock_rooms();
+        if let Some(sub) = subs.get_mut(&channel) {
+            sub.rooms.retain(|r| &**r != room);
+            if sub.rooms.is_empty() {
+                if let Some(sub) = subs.remove(&channel) {
+                    sub.cancel.cancel();
+                }
+            }
         }
     }
 
@@ -220,7 +258,8 @@ impl Link {
     /// other instances (at once if it is not subscribed to it), or after
     /// a bounded wait.
     pub(crate) async fn room_ready(&self, room: &str) {
-        let ready = self.lock_rooms().get(room).map(|s| s.ready.clone());
+        let channel = room_channel(&self.channel, room);
+        let ready = self.lock_rooms().get(&channel).map(|s| s.ready.clone());
         if let Some(mut ready) = ready {
             let _ = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await;
         }
@@ -241,7 +280,9 @@ impl Link {
         let Some(rx) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
             return; // already started
         };
-        let _ = self.hub.set(Arc::downgrade(&hub.0));
+        let _ = self
+            .hub
+            .set((Arc::downgrade(&hub.0), tokio::runtime::Handle::current()));
         let mut tasks = Vec::with_capacity(4);
         for (channel, kind) in [
             (&self.channel, Kind::Main),
@@ -300,7 +341,12 @@ impl Link {
     /// they drop its presence at once), publishes what is still queued
     /// (within a bound), then ends every task.
     pub(crate) async fn stop(&self) {
-        self.queue(Entry::Presence(Presence::Gone));
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Past `stopping`, only this goes in: nothing follows the goodbye.
+        if self.tx.try_send(Entry::Presence(Presence::Gone)).is_err() {
+            self.metrics.incr(PUBLISH_FAILURES);
+        }
         self.cancel.cancel();
         self.lock_rooms().clear();
         let tasks = self
@@ -354,17 +400,36 @@ async fn presence_loop(
         if snapshot {
             hub.0
                 .rooms
-                .snapshot(SNAPSHOT_PART_BYTES, |version, members, last| {
+                .snapshot(SNAPSHOT_PART_BYTES, |version, members, part, parts| {
                     link.queue(Entry::Presence(Presence::Snapshot {
                         version,
-                        last,
+                        part,
+                        parts,
                         members,
                     }));
                 });
         } else {
-            let version = hub.0.rooms.version();
-            link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
+            hub.0.rooms.with_version(|version| {
+                link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
+            });
             hub.0.rooms.expire_remote();
+        }
+    }
+}
+
+/// An owned [`Route`], to group entries by channel.
+enum RouteKey {
+    Main,
+    Presence,
+    Room(String),
+}
+
+impl RouteKey {
+    fn matches(&self, route: Route<'_>) -> bool {
+        match (self, route) {
+            (RouteKey::Main, Route::Main) | (RouteKey::Presence, Route::Presence) => true,
+            (RouteKey::Room(a), Route::Room(b)) => a == b,
+            _ => false,
         }
     }
 }
@@ -387,35 +452,25 @@ async fn publish_loop(
         seqs: [0; 3],
         failing: false,
         batch: Vec::with_capacity(BATCH_ENTRIES),
-        carry: None,
+        taken: Vec::with_capacity(BATCH_ENTRIES),
     };
     loop {
-        let first = match p.carry.take() {
-            Some(e) => e,
-            None => tokio::select! {
-                biased;
-                e = rx.recv() => match e {
-                    Some(e) => e,
-                    None => return,
-                },
-                _ = cancel.cancelled() => break,
+        let first = tokio::select! {
+            biased;
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return,
             },
+            _ = cancel.cancelled() => break,
         };
         p.fill(first, &mut rx);
-        p.publish().await;
+        p.publish_taken().await;
     }
     // Shutdown: what handlers queued before the end still goes out.
     let flush = async {
-        loop {
-            let first = match p.carry.take() {
-                Some(e) => e,
-                None => match rx.try_recv() {
-                    Ok(e) => e,
-                    Err(_) => break,
-                },
-            };
+        while let Ok(first) = rx.try_recv() {
             p.fill(first, &mut rx);
-            p.publish().await;
+            p.publish_taken().await;
         }
     };
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
@@ -434,30 +489,49 @@ struct Publisher {
     seqs: [u64; 3],
     /// Whether the last publish failed (to log transitions only).
     failing: bool,
+    /// The entries of one channel, being published.
     batch: Vec<Entry>,
-    /// An entry taken from the queue for another channel than the batch's.
-    carry: Option<Entry>,
+    /// What was taken from the queue, for any channel.
+    taken: Vec<Entry>,
 }
 
 impl Publisher {
-    /// Packs `first` and whatever else is already queued for the same
-    /// channel into the batch.
+    /// Takes `first` and whatever else is already queued (within the batch
+    /// limits).
     fn fill(&mut self, first: Entry, rx: &mut mpsc::Receiver<Entry>) {
         let mut bytes = first.encoded_len();
-        self.batch.push(first);
-        while self.batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
+        self.taken.push(first);
+        while self.taken.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(e) if e.route() == self.batch[0].route() => {
-                    bytes += e.encoded_len();
-                    self.batch.push(e);
-                }
                 Ok(e) => {
-                    self.carry = Some(e);
-                    break;
+                    bytes += e.encoded_len();
+                    self.taken.push(e);
                 }
                 Err(_) => break,
             }
         }
+    }
+
+    /// Publishes what was taken: one envelope per channel, channels in the
+    /// order they first appear, each channel's entries in queue order (so
+    /// busy rooms interleaved in the queue still go out in few messages).
+    async fn publish_taken(&mut self) {
+        let mut taken = std::mem::take(&mut self.taken);
+        while !taken.is_empty() {
+            let (same, rest): (Vec<Entry>, Vec<Entry>) = {
+                let route = taken[0].route();
+                let route = match route {
+                    Route::Room(r) => RouteKey::Room(r.to_owned()),
+                    Route::Main => RouteKey::Main,
+                    Route::Presence => RouteKey::Presence,
+                };
+                taken.into_iter().partition(|e| route.matches(e.route()))
+            };
+            self.batch = same;
+            self.publish().await;
+            taken = rest;
+        }
+        self.taken = taken; // keeps the allocation
     }
 
     async fn publish(&mut self) {
@@ -544,6 +618,9 @@ async fn receive_loop(
                 // is other rooms' traffic, not a loss.
                 if kind != Kind::Room {
                     metrics.add(LOST, env.first_seq - exp);
+                }
+                if kind == Kind::Presence {
+                    hub.0.rooms.remote_gap(env.origin);
                 }
             } else if env.first_seq < exp {
                 skip = (exp - env.first_seq).min(n);

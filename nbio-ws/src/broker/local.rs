@@ -69,16 +69,33 @@ impl LocalBroker {
         self.inner.down.store(!connected, Ordering::Release);
     }
 
-    fn sender(&self, channel: &str) -> broadcast::Sender<Bytes> {
-        let mut channels = self
-            .inner
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Bytes>>> {
+        self.inner
             .channels
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        channels
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channel's sender, made on first subscription.
+    fn sender(&self, channel: &str) -> broadcast::Sender<Bytes> {
+        self.channels()
             .entry(channel.to_owned())
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
             .clone()
+    }
+
+    /// The channel's sender if anyone subscribes to it; a channel whose
+    /// subscribers are all gone is forgotten (room channels come and go).
+    fn subscribed(&self, channel: &str) -> Option<broadcast::Sender<Bytes>> {
+        let mut channels = self.channels();
+        match channels.get(channel) {
+            Some(tx) if tx.receiver_count() > 0 => Some(tx.clone()),
+            Some(_) => {
+                channels.remove(channel);
+                None
+            }
+            None => None,
+        }
     }
 }
 
@@ -97,7 +114,9 @@ impl Broker for LocalBroker {
                 return Err(BrokerError::Disconnected);
             }
             // No subscriber is not an error: pub/sub drops the message.
-            let _ = self.sender(channel).send(payload);
+            if let Some(tx) = self.subscribed(channel) {
+                let _ = tx.send(payload);
+            }
             Ok(())
         })
     }
