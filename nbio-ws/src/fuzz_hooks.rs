@@ -21,7 +21,8 @@ fn assert_json(bytes: &[u8]) {
 }
 
 /// The JSON-RPC decoder and encoders: whatever the text, parsing does not
-/// panic and every response it leads to is valid JSON echoing the id.
+/// panic, agrees with the two-pass reference parse, and every response it
+/// leads to is valid JSON echoing the id.
 pub fn jsonrpc_parse(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -40,7 +41,13 @@ pub fn jsonrpc_parse(data: &[u8]) {
             }
         }
     };
-    match jsonrpc::parse(text) {
+    let parsed = jsonrpc::parse(text);
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", jsonrpc::parse_two_pass(text)),
+        "the one-pass shortcut answers as the two-pass parse"
+    );
+    match parsed {
         Message::Single(p) => check(&p),
         Message::Batch(items) => {
             assert!(!items.is_empty());
