@@ -455,7 +455,8 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct RoomSender<'h> {
     hub: &'h Hub,
-    room: String,
+    /// Shared with the entry published for other instances.
+    room: Arc<str>,
     except: Option<ClientId>,
     local: bool,
 }
@@ -496,7 +497,7 @@ impl RoomSender<'_> {
         if !self.local {
             if let Some(link) = self.hub.link() {
                 link.queue(Wire::Room {
-                    room: Arc::from(self.room.as_str()),
+                    room: Arc::clone(&self.room),
                     except: self.except,
                     text: bytes.clone(),
                 });
@@ -512,7 +513,7 @@ impl Hub {
     pub fn to(&self, room: &str) -> RoomSender<'_> {
         RoomSender {
             hub: self,
-            room: room.to_owned(),
+            room: Arc::from(room),
             except: None,
             local: false,
         }

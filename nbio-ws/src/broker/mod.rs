@@ -658,8 +658,17 @@ pub(crate) fn check_url(var: &'static str, url: &str, schemes: &[&str]) -> Resul
     Ok(())
 }
 
-/// The URL with any password replaced by `***`, for errors and logs.
-pub(crate) fn redact_url(url: &str) -> String {
+/// The URL with any password (or bare token) replaced by `***`, for
+/// errors and logs.
+///
+/// ```
+/// use nbio_ws::broker::redact_url;
+///
+/// assert_eq!(redact_url("redis://:s3cret@db:6379/0"), "redis://:***@db:6379/0");
+/// assert_eq!(redact_url("nats://token@host:4222"), "nats://***@host:4222");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+/// ```
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

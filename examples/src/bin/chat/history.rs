@@ -184,28 +184,12 @@ mod redis_history {
         ConnectionManager::new_lazy_with_config(client.clone(), config)
     }
 
-    /// `url` with the password (if any) replaced by `***`.
-    fn redact(url: &str) -> String {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return url.to_owned();
-        };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-                None => url.to_owned(),
-            },
-            None => url.to_owned(),
-        }
-    }
-
     impl RedisHistory {
         /// The store for the Redis at `url`, with its ping task. Needs a
         /// tokio runtime; does not connect (the ping task and the first
         /// message do).
         pub(super) fn start(url: &str, channel: &str) -> Result<Arc<RedisHistory>, String> {
-            let shown = redact(url);
+            let shown = nbio_ws::broker::redact_url(url);
             let client =
                 redis::Client::open(url).map_err(|e| format!("WS_REDIS_URL={shown}: {e}"))?;
             let conn = manager(&client).map_err(|e| format!("WS_REDIS_URL={shown}: {e}"))?;
