@@ -530,7 +530,10 @@ impl Hub {
     /// to `room` — that is, once the broker confirmed the room's
     /// subscription, made when its first local member joined. At once
     /// without a broker or when the room has no local member; waits at
-    /// most 2 s.
+    /// most 2 s. The confirmation is remembered: while the broker is
+    /// down and the backend resubscribes, this does not wait again (room
+    /// messages from other instances are lost meanwhile, as broadcasts
+    /// are).
     pub async fn room_ready(&self, room: &str) {
         if let Some(link) = self.link() {
             link.room_ready(room).await;
