@@ -54,8 +54,10 @@
 //! Booleans are `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. An invalid
 //! value stops startup with an error that names the variable and the value.
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use crate::env::{parse_duration, parse_size, Env};
+use crate::env::ConfigError;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,17 +68,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A configuration value that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {var}={value:?}: {reason}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub var: &'static str,
-    /// The value as given.
-    pub value: String,
-    /// What was expected.
-    pub reason: String,
-}
 
 /// Server settings. Build one with [`Config::default`] and change fields,
 /// or read the `WS_*` variables with [`Config::from_env`].
@@ -237,147 +228,10 @@ impl Config {
     }
 }
 
-/// Reads variables, treating empty values as unset.
-pub(crate) struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    cache: std::cell::RefCell<HashMap<&'static str, Option<String>>>,
-}
-
-impl<'a> Env<'a> {
-    pub(crate) fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
-        Env {
-            lookup,
-            cache: Default::default(),
-        }
-    }
-
-    pub(crate) fn string(&self, var: &'static str) -> Result<Option<String>, ConfigError> {
-        let mut cache = self.cache.borrow_mut();
-        let v = cache.entry(var).or_insert_with(|| {
-            (self.lookup)(var)
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        });
-        Ok(v.clone())
-    }
-
-    pub(crate) fn invalid(&self, var: &'static str, value: &str, expected: &str) -> ConfigError {
-        ConfigError {
-            var,
-            value: value.to_owned(),
-            reason: format!("expected {expected}"),
-        }
-    }
-
-    pub(crate) fn parse<T>(
-        &self,
-        var: &'static str,
-        expected: &str,
-        f: impl Fn(&str) -> Option<T>,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.string(var)? {
-            None => Ok(None),
-            Some(v) => f(&v)
-                .map(Some)
-                .ok_or_else(|| self.invalid(var, &v, expected)),
-        }
-    }
-
-    pub(crate) fn duration_nonzero(
-        &self,
-        var: &'static str,
-    ) -> Result<Option<Duration>, ConfigError> {
-        self.parse(var, "a positive duration such as 500ms, 10s or 1m", |v| {
-            parse_duration(v).filter(|d| !d.is_zero())
-        })
-    }
-
-    #[allow(dead_code)] // used by optional subsystems
-    pub(crate) fn boolean(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
-        self.parse(var, "true or false", parse_bool)
-    }
-}
-
-/// Parses `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
-pub fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Parses a duration: `250ms`, `10s`, `1m`, `2h`, `1m30s`, or a bare
-/// number of seconds.
-///
-/// ```
-/// use std::time::Duration;
-/// use nbio_ws::config::parse_duration;
-/// assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-/// assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-/// assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
-/// assert_eq!(parse_duration("ten"), None);
-/// ```
-pub fn parse_duration(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = v;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
-    }
-    Some(total)
-}
-
-/// Parses a size: a byte count, or a number with `KiB`, `MiB`, `KB`, `MB`.
-pub fn parse_size(v: &str) -> Option<usize> {
-    let v = v.trim();
-    let (num, mult) = if let Some(n) = v
-        .strip_suffix("KiB")
-        .or_else(|| v.strip_suffix("KB"))
-        .or_else(|| v.strip_suffix("K"))
-    {
-        (n, 1024)
-    } else if let Some(n) = v
-        .strip_suffix("MiB")
-        .or_else(|| v.strip_suffix("MB"))
-        .or_else(|| v.strip_suffix("M"))
-    {
-        (n, 1024 * 1024)
-    } else {
-        (v, 1)
-    };
-    num.trim().parse::<usize>().ok()?.checked_mul(mult)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
@@ -433,14 +287,5 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5x"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration(""), None);
     }
 }

@@ -50,7 +50,7 @@ pub const RATE_LIMITED: i64 = -32029;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("JSON-RPC error {code}: {message}")]
 pub struct RpcError {
-    /// The error code (see the constants of this module).
+    /// The error code (see the associated constants).
     pub code: i64,
     /// A short description of the error.
     pub message: String,
@@ -60,6 +60,21 @@ pub struct RpcError {
 }
 
 impl RpcError {
+    /// Invalid JSON was received (`-32700`).
+    pub const PARSE_ERROR: i64 = PARSE_ERROR;
+    /// The JSON sent is not a valid request object (`-32600`).
+    pub const INVALID_REQUEST: i64 = INVALID_REQUEST;
+    /// The method does not exist (`-32601`).
+    pub const METHOD_NOT_FOUND: i64 = METHOD_NOT_FOUND;
+    /// Invalid method parameters (`-32602`).
+    pub const INVALID_PARAMS: i64 = INVALID_PARAMS;
+    /// Internal error, including a handler that panicked (`-32603`).
+    pub const INTERNAL_ERROR: i64 = INTERNAL_ERROR;
+    /// The connection's rate limit refused the request (`-32029`, in the
+    /// server-error range); `data.retry_after_ms` says when to try again.
+    /// See [`limits`](crate::limits).
+    pub const RATE_LIMITED: i64 = RATE_LIMITED;
+
     /// An error with the given code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
         RpcError {
@@ -106,7 +121,7 @@ impl RpcError {
     ///
     /// ```
     /// let e = nbio_ws::RpcError::rate_limited(std::time::Duration::from_millis(1500));
-    /// assert_eq!(e.code, nbio_ws::jsonrpc::RATE_LIMITED);
+    /// assert_eq!(e.code, nbio_ws::RpcError::RATE_LIMITED);
     /// assert_eq!(e.data.unwrap()["retry_after_ms"], 1500);
     /// ```
     pub fn rate_limited(retry_after: std::time::Duration) -> Self {

@@ -38,27 +38,23 @@
 //!
 //! ## How it is put together
 //!
-//! | module | owns |
+//! The public API is the types at the crate root plus four policy
+//! modules; everything else is private (see `ARCHITECTURE.md` in the
+//! repository for the whole module map and its rules):
+//!
+//! | where | what |
 //! |---|---|
-//! | [`server`] | [`Server`], [`ServerBuilder`], the accept loop, graceful shutdown |
-//! | [`http`] | `/ws` upgrade, `/health`, `/metrics`, 404/405; [`WsEndpoint`] for embedding |
-//! | [`connection`] | one WebSocket: reader, writer, ping/pong, limits, close codes |
-//! | [`hub`] | registry of clients, broadcast, send-to-one |
-//! | [`rooms`] | rooms, fan-out to a room, presence |
-//! | [`client`] | [`Client`]: id, identity, notify, close, extensions |
-//! | [`jsonrpc`] | wire types, parsing incl. batches, error codes |
-//! | [`router`] | method table, dispatch, extractors, the compile-time registry |
-//! | [`broker`] | scale-out: the [`Broker`] trait; `local`, `redis` and `nats` backends |
+//! | crate root | [`Server`], [`ServerBuilder`], [`Config`], [`Hub`], [`Client`], [`RoomSender`], the extractors ([`Params`], [`State`]), [`RpcError`], [`WsEndpoint`] for embedding |
 //! | [`auth`] | authentication before the upgrade ([`Authenticator`](auth::Authenticator), bearer tokens, JWT), the origin allow-list |
 //! | [`limits`] | rate limiting, connection caps, trusted proxies, handshake limits |
+//! | [`broker`] | scale-out: the [`Broker`](broker::Broker) trait; `local`, `redis` and `nats` backends |
 //! | [`tls`] | `wss://` with rustls (`tls` feature) |
-//! | [`config`] | [`Config`] and the `WS_*` variables |
 //! | [`metrics`] | counters and the Prometheus text format |
 //!
 //! Data flows one way: socket → `connection` → `jsonrpc` parse → `router`
 //! dispatch → handler → reply into the client's bounded outbound queue →
 //! writer task → socket. A broadcast is serialized once and the bytes are
-//! shared by every recipient's queue; with a [`broker`] configured, the
+//! shared by every recipient's queue; with a broker configured, the
 //! same bytes also go, through one ordered queue per hub, to the other
 //! instances of the server.
 //!
@@ -77,37 +73,44 @@
 
 extern crate self as nbio_ws;
 
-pub mod auth;
-pub mod broker;
-pub mod client;
-pub mod config;
-pub mod connection;
-mod frame;
-mod gate;
-pub mod http;
-pub mod hub;
-pub mod jsonrpc;
-pub mod limits;
+// Leaves: depend on nothing else in the crate.
+mod env;
+mod jsonrpc;
 pub mod metrics;
-pub mod presence;
-pub mod rooms;
-pub mod router;
-pub mod server;
+mod types;
+
+// Policy: each depends only on the leaves.
+pub mod auth;
+pub mod limits;
 pub mod tls;
 
-pub use broker::{Broker, PubSubConfig};
-pub use client::{Client, ClientId, SendError};
-pub use config::{Config, ConfigError, LogFormat};
-pub use connection::RawMessage;
-pub use gate::SecurityStats;
-pub use http::WsEndpoint;
-pub use hub::Hub;
+// Scale-out: the broker trait and backends, then the cluster machinery.
+pub mod broker;
+mod cluster;
+
+// The registry: hub, clients, rooms (the one allowed cycle).
+mod hub;
+
+// Requests and the wire.
+mod router;
+mod ws;
+
+// Composition: configuration, HTTP, the server and its builder.
+mod config;
+mod http;
+mod server;
+
+pub use config::{Config, LogFormat};
+pub use env::ConfigError;
+pub use http::{Body, SecurityStats, WsEndpoint};
+pub use hub::{Client, Hub, RoomSender, SendError};
 pub use jsonrpc::RpcError;
-pub use rooms::{Member, PresenceEvent, RoomSender};
 pub use router::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
 pub use server::{shutdown_signal, BuildError, ServeError, Server, ServerBuilder};
+pub use types::{ClientId, Member, PresenceEvent};
+pub use ws::RawMessage;
 
 /// Registers a function as a JSON-RPC method, at compile time.
 ///
@@ -152,89 +155,17 @@ pub fn init_logging(config: &Config) {
 
 /// Hooks for the cargo-fuzz targets in `nbio-ws/fuzz/`: arbitrary bytes
 /// into the JSON-RPC decoder, the dispatcher and the connection's message
-/// path. Not a public API.
+/// path. Not a public API: only with the `internal-hooks` cargo feature.
+#[cfg(feature = "internal-hooks")]
 #[doc(hidden)]
-#[path = "fuzz_hooks.rs"]
+#[path = "hooks_fuzz.rs"]
 pub mod __fuzz;
 
 /// Hooks for the criterion benches in `benches/`: drive the router and the
-/// hub without sockets. Not a public API.
+/// hub without sockets. Not a public API: only with the `internal-hooks`
+/// cargo feature.
+#[cfg(feature = "internal-hooks")]
 #[doc(hidden)]
-pub mod __bench {
+#[path = "hooks_bench.rs"]
+pub mod __bench;
 
-    use crate::client::{Client, OutRx};
-    use crate::connection::Mode;
-    use crate::{Hub, ServerBuilder};
-    use bytes::Bytes;
-    use futures_util::FutureExt;
-
-    /// A server's router with one fake client, to time parse + dispatch.
-    pub struct RpcFixture {
-        server: crate::Server,
-        client: Client,
-        _rx: OutRx,
-    }
-
-    impl RpcFixture {
-        /// Builds the server and a client that is not connected to anything.
-        pub fn new(builder: ServerBuilder) -> Self {
-            let server = builder.build().expect("bench server builds");
-            let hub = server.hub().clone();
-            let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, 1024);
-            RpcFixture {
-                server,
-                client,
-                _rx: rx,
-            }
-        }
-
-        /// Parses and dispatches one message; returns the response bytes.
-        /// Handlers that wait are not supported (returns `None`).
-        pub fn dispatch(&self, text: &str) -> Option<Bytes> {
-            let shared = &self.server.endpoint_ref().shared;
-            match &shared.mode {
-                Mode::Rpc(router) => {
-                    let (_, fut) = router.dispatch(text, &self.client, &shared.hub);
-                    fut.now_or_never().flatten()
-                }
-                Mode::Raw(_) => None,
-            }
-        }
-    }
-
-    /// A hub with `n` registered clients whose queues are drained by hand.
-    pub struct HubFixture {
-        /// The hub.
-        pub hub: Hub,
-        /// Its clients, in registration order.
-        pub clients: Vec<Client>,
-        rxs: Vec<OutRx>,
-    }
-
-    impl HubFixture {
-        /// `n` clients with queues of `queue` messages.
-        pub fn new(n: usize, queue: usize) -> Self {
-            let hub = Hub::new();
-            let mut rxs = Vec::with_capacity(n);
-            let mut clients = Vec::with_capacity(n);
-            for _ in 0..n {
-                let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, queue);
-                hub.register(c.clone());
-                clients.push(c);
-                rxs.push(rx);
-            }
-            HubFixture { hub, clients, rxs }
-        }
-
-        /// Empties every queue; returns how many messages were queued.
-        pub fn drain(&mut self) -> usize {
-            let mut n = 0;
-            for rx in &mut self.rxs {
-                while rx.try_recv().is_some() {
-                    n += 1;
-                }
-            }
-            n
-        }
-    }
-}

@@ -26,7 +26,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, Env};
+use crate::env::{ConfigError, Env};
 
 /// TLS settings. Part of [`Config`](crate::Config) (`config.tls`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,21 +71,6 @@ impl TlsConfig {
             }
         }
         Ok(cfg)
-    }
-}
-
-impl crate::ServerBuilder {
-    /// Serves TLS with the certificate chain and private key in these PEM
-    /// files (like `WS_TLS_ENABLED`, `WS_TLS_CERT`, `WS_TLS_KEY`). Needs the
-    /// `tls` cargo feature; [`build`](crate::ServerBuilder::build) reads
-    /// and checks the files.
-    pub fn tls_pem_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.config.tls = TlsConfig {
-            enabled: true,
-            cert: Some(cert.into()),
-            key: Some(key.into()),
-        };
-        self
     }
 }
 

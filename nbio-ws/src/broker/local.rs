@@ -16,6 +16,15 @@ use tokio::sync::broadcast;
 
 use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription};
 
+/// `WS_PUBSUB_ADAPTER=local` (also `memory` or `none`).
+pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
+    aliases: &["memory", "none"],
+    url_var: None,
+    default_url: "",
+    check_url: |_| Ok(()),
+    create: |_| Ok(Arc::new(LocalBroker::new())),
+};
+
 /// Messages a slow subscriber may fall behind by before it loses some.
 const CAPACITY: usize = 16 * 1024;
 

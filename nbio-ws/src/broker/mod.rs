@@ -47,7 +47,7 @@
 //! are replicated on `{WS_PUBSUB_CHANNEL}.presence`, with heartbeats, so
 //! that [`Hub::members`](crate::Hub::members) lists every instance's
 //! members and heals after a crash; see [`rooms`](crate::rooms) and
-//! [`presence`](crate::presence).
+//! the presence replication below.
 //!
 //! | channel (Redis) / subject (NATS) | carries | subscribed by |
 //! |---|---|---|
@@ -93,28 +93,101 @@
 //! shutdown are handled here, once, for every backend; see
 //! [`LocalBroker`] for a complete one in a page of code.
 
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
-pub(crate) mod envelope;
-pub(crate) mod link;
-mod local;
-#[cfg(feature = "nats")]
-mod nats;
-#[cfg(feature = "redis")]
-mod redis;
+mod backoff;
+mod config;
+mod url;
 
-pub use local::LocalBroker;
-#[cfg(feature = "nats")]
-pub use nats::NatsBroker;
-#[cfg(feature = "redis")]
-pub use redis::RedisBroker;
+pub use backoff::Backoff;
+pub use config::{PubSubConfig, DEFAULT_CHANNEL, DEFAULT_PRESENCE_TTL};
+pub use url::{check_url, redact_url};
 
-use crate::config::{ConfigError, Env};
+use crate::env::ConfigError;
+
+/// The backends `WS_PUBSUB_ADAPTER` can name: one line per backend, the
+/// module that implements it and, for an optional one, its cargo feature.
+/// A backend module provides `pub(crate) static ADAPTER: AdapterDef` and
+/// its broker type; see [`AdapterDef`].
+macro_rules! adapters {
+    ($($module:ident $(if $feature:literal)?),* $(,)?) => {
+        $( $(#[cfg(feature = $feature)])? mod $module; )*
+        /// Every adapter known to this build, compiled in or not.
+        pub(crate) static ADAPTERS: &[Registered] = &[$(
+            Registered {
+                name: stringify!($module),
+                feature: adapters!(@feature $($feature)?),
+                def: {
+                    $(#[cfg(not(feature = $feature))] let def = None;)?
+                    $(#[cfg(feature = $feature)])? let def = Some(&self::$module::ADAPTER);
+                    def
+                },
+            }
+        ),*];
+    };
+    (@feature) => { None };
+    (@feature $f:literal) => { Some($f) };
+}
+
+adapters! {
+    local,
+    redis if "redis",
+    nats if "nats",
+}
+
+pub use self::local::LocalBroker;
+#[cfg(feature = "nats")]
+pub use self::nats::NatsBroker;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisBroker;
+
+/// How a backend that `WS_PUBSUB_ADAPTER` can name is configured and made.
+pub(crate) struct AdapterDef {
+    /// Other names accepted in `WS_PUBSUB_ADAPTER`.
+    pub aliases: &'static [&'static str],
+    /// The variable holding the backend's URL (`WS_REDIS_URL`), if it has one.
+    pub url_var: Option<&'static str>,
+    /// The URL used when the variable is not set.
+    pub default_url: &'static str,
+    /// Checks a URL without the network; errors name `url_var`.
+    pub check_url: fn(&str) -> Result<(), ConfigError>,
+    /// Creates the broker (it connects in the background once started).
+    pub create: fn(&str) -> Result<Arc<dyn Broker>, BrokerError>,
+}
+
+/// An entry of [`ADAPTERS`].
+pub(crate) struct Registered {
+    pub name: &'static str,
+    /// The cargo feature that compiles it in (`None`: always there).
+    pub feature: Option<&'static str>,
+    /// `None` when its feature is not compiled in.
+    pub def: Option<&'static AdapterDef>,
+}
+
+/// The adapter `name` names (case-insensitive, aliases included).
+pub(crate) fn find_adapter(name: &str) -> Option<&'static Registered> {
+    let name = name.trim();
+    ADAPTERS.iter().find(|r| {
+        r.name.eq_ignore_ascii_case(name)
+            || r
+                .def
+                .is_some_and(|d| d.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+    })
+}
+
+/// The names `WS_PUBSUB_ADAPTER` accepts, for messages (`local, redis or nats`).
+pub(crate) fn adapter_names() -> String {
+    let names: Vec<&str> = ADAPTERS.iter().map(|r| r.name).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
 
 /// A boxed, sendable future, as [`Broker`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -373,525 +446,16 @@ pub enum BrokerError {
     Backend(String),
 }
 
-/// Which backend `WS_PUBSUB_ADAPTER` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Adapter {
-    /// In-process only (no network): one instance.
-    #[default]
-    Local,
-    /// Redis pub/sub (cargo feature `redis`).
-    Redis,
-    /// NATS core pub/sub (cargo feature `nats`).
-    Nats,
-}
-
-impl Adapter {
-    /// The name used in `WS_PUBSUB_ADAPTER`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Adapter::Local => "local",
-            Adapter::Redis => "redis",
-            Adapter::Nats => "nats",
-        }
-    }
-
-    /// Whether this binary was built with the adapter's cargo feature.
-    pub fn is_compiled(self) -> bool {
-        match self {
-            Adapter::Local => true,
-            Adapter::Redis => cfg!(feature = "redis"),
-            Adapter::Nats => cfg!(feature = "nats"),
-        }
-    }
-
-    fn parse(v: &str) -> Option<Adapter> {
-        match v.to_ascii_lowercase().as_str() {
-            "local" | "memory" | "none" => Some(Adapter::Local),
-            "redis" => Some(Adapter::Redis),
-            "nats" => Some(Adapter::Nats),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Adapter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Pub/sub settings: the seed's `WS_PUBSUB_*`, `WS_REDIS_URL` and
-/// `WS_NATS_URL` variables (part of [`Config`](crate::Config), field
-/// `pubsub`).
-///
-/// | variable | default | meaning |
-/// |---|---|---|
-/// | `WS_PUBSUB_ENABLED` | `false` | use a broker at all |
-/// | `WS_PUBSUB_ADAPTER` | `local` | `local`, `redis` or `nats` |
-/// | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | Redis to use with `redis` |
-/// | `WS_NATS_URL` | `nats://127.0.0.1:4222` | NATS server(s) to use with `nats` (comma-separated) |
-/// | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel (Redis) or subject (NATS) every instance shares |
-/// | `WS_PRESENCE_TTL` | `15s` | the members of an instance not heard from this long are dropped (see [`presence`](crate::presence)) |
-///
-/// ```
-/// use nbio_ws::broker::{Adapter, PubSubConfig};
-///
-/// let server = nbio_ws::Server::builder()
-///     .pubsub(PubSubConfig::new(Adapter::Local).channel("chat.broadcast"))
-///     .build()
-///     .unwrap();
-/// assert_eq!(server.config().pubsub.channel, "chat.broadcast");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PubSubConfig {
-    /// Whether a broker is used (`WS_PUBSUB_ENABLED`). Without one, a hub
-    /// reaches only its own clients.
-    pub enabled: bool,
-    /// The backend (`WS_PUBSUB_ADAPTER`).
-    pub adapter: Adapter,
-    /// The Redis URL (`WS_REDIS_URL`), e.g. `redis://:password@host:6379/0`.
-    pub redis_url: String,
-    /// The NATS URL(s) (`WS_NATS_URL`), e.g. `nats://host:4222`.
-    pub nats_url: String,
-    /// The channel or subject shared by the instances (`WS_PUBSUB_CHANNEL`).
-    /// Rooms and presence use channels named after it
-    /// (`{channel}.room.{room}`, `{channel}.presence`).
-    pub channel: String,
-    /// How long the other instances keep this one's room members without
-    /// hearing from it (`WS_PRESENCE_TTL`); it sends a heartbeat every
-    /// third of that.
-    pub presence_ttl: Duration,
-}
-
-/// The default `WS_PUBSUB_CHANNEL`.
-pub const DEFAULT_CHANNEL: &str = "websocket.broadcast";
-
-impl Default for PubSubConfig {
-    fn default() -> Self {
-        PubSubConfig {
-            enabled: false,
-            adapter: Adapter::Local,
-            redis_url: "redis://127.0.0.1:6379/0".into(),
-            nats_url: "nats://127.0.0.1:4222".into(),
-            channel: DEFAULT_CHANNEL.into(),
-            presence_ttl: crate::presence::DEFAULT_TTL,
-        }
-    }
-}
-
-impl PubSubConfig {
-    /// Enabled, with the given adapter and the default URLs and channel.
-    pub fn new(adapter: Adapter) -> Self {
-        PubSubConfig {
-            enabled: true,
-            adapter,
-            ..PubSubConfig::default()
-        }
-    }
-
-    /// Redis at `url`, enabled.
-    pub fn redis(url: impl Into<String>) -> Self {
-        PubSubConfig {
-            redis_url: url.into(),
-            ..PubSubConfig::new(Adapter::Redis)
-        }
-    }
-
-    /// NATS at `url`, enabled.
-    pub fn nats(url: impl Into<String>) -> Self {
-        PubSubConfig {
-            nats_url: url.into(),
-            ..PubSubConfig::new(Adapter::Nats)
-        }
-    }
-
-    /// The channel (Redis) or subject (NATS) shared by the instances.
-    pub fn channel(mut self, channel: impl Into<String>) -> Self {
-        self.channel = channel.into();
-        self
-    }
-
-    /// How long other instances keep this one's room members without a
-    /// heartbeat (at least 300 ms).
-    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
-        self.presence_ttl = ttl.max(Duration::from_millis(300));
-        self
-    }
-
-    /// Reads the pub/sub variables (used by
-    /// [`Config::from_lookup`](crate::Config::from_lookup)).
-    pub(crate) fn from_env(env: &Env<'_>) -> Result<PubSubConfig, ConfigError> {
-        let d = PubSubConfig::default();
-        let cfg = PubSubConfig {
-            enabled: env.boolean("WS_PUBSUB_ENABLED")?.unwrap_or(d.enabled),
-            adapter: env
-                .parse("WS_PUBSUB_ADAPTER", "local, redis or nats", Adapter::parse)?
-                .unwrap_or(d.adapter),
-            redis_url: env.string("WS_REDIS_URL")?.unwrap_or(d.redis_url),
-            nats_url: env.string("WS_NATS_URL")?.unwrap_or(d.nats_url),
-            channel: env.string("WS_PUBSUB_CHANNEL")?.unwrap_or(d.channel),
-            presence_ttl: env
-                .duration_nonzero("WS_PRESENCE_TTL")?
-                .unwrap_or(d.presence_ttl),
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks what can be checked without the network: the channel name
-    /// and, when enabled, the URL of the chosen adapter and that the
-    /// adapter is compiled in. Errors name the variable.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        check_channel(&self.channel)?;
-        if self.presence_ttl < Duration::from_millis(300) {
-            return Err(ConfigError {
-                var: "WS_PRESENCE_TTL",
-                value: format!("{:?}", self.presence_ttl),
-                reason: "expected at least 300ms (heartbeats go out every third of it)".into(),
-            });
-        }
-        if !self.enabled {
-            return Ok(());
-        }
-        match self.adapter {
-            Adapter::Local => Ok(()),
-            Adapter::Redis => {
-                check_url("WS_REDIS_URL", &self.redis_url, &["redis", "rediss"])?;
-                check_compiled(self.adapter)
-            }
-            Adapter::Nats => {
-                for url in self.nats_url.split(',') {
-                    check_url("WS_NATS_URL", url.trim(), &["nats", "tls"])?;
-                }
-                check_compiled(self.adapter)
-            }
-        }
-    }
-}
-
-fn check_compiled(adapter: Adapter) -> Result<(), ConfigError> {
-    if adapter.is_compiled() {
-        return Ok(());
-    }
-    Err(ConfigError {
-        var: "WS_PUBSUB_ADAPTER",
-        value: adapter.name().into(),
-        reason: format!(
-            "the {0} adapter is not compiled into this binary; build with the `{0}` cargo \
-             feature of nbio-ws (e.g. `cargo build --features nbio-ws/{0}`)",
-            adapter.name()
-        ),
-    })
-}
-
-fn check_channel(channel: &str) -> Result<(), ConfigError> {
-    let bad = channel.is_empty()
-        || channel.len() > 255
-        || channel
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
-        || channel.starts_with('.')
-        || channel.ends_with('.')
-        || channel.contains("..");
-    if bad {
-        return Err(ConfigError {
-            var: "WS_PUBSUB_CHANNEL",
-            value: channel.into(),
-            reason: "expected a channel name such as websocket.broadcast (no spaces or \
-                     wildcards, no empty dot-separated parts)"
-                .into(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks the shape of a broker URL: a known scheme and a host, with a
-/// numeric port if there is one. The value in the error has its password
-/// masked.
-pub(crate) fn check_url(var: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let err = |reason: String| ConfigError {
-        var,
-        value: redact_url(url),
-        reason,
-    };
-    let expected = schemes
-        .iter()
-        .map(|s| format!("{s}://"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(err(format!("expected a URL starting with {expected}")));
-    };
-    if !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
-        return Err(err(format!(
-            "unsupported scheme {scheme:?}: expected {expected}"
-        )));
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((h, p)) => (h, p.strip_prefix(':')),
-            None => return Err(err("unterminated [IPv6] host".into())),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(err("the URL has no host".into()));
-    }
-    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err("the host contains spaces".into()));
-    }
-    if let Some(p) = port {
-        if p.parse::<u16>().is_err() {
-            return Err(err(format!(
-                "the port {p:?} is not a number between 0 and 65535"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The URL with any password (or bare token) replaced by `***`, for
-/// errors and logs.
-///
-/// ```
-/// use nbio_ws::broker::redact_url;
-///
-/// assert_eq!(redact_url("redis://:s3cret@db:6379/0"), "redis://:***@db:6379/0");
-/// assert_eq!(redact_url("nats://token@host:4222"), "nats://***@host:4222");
-/// assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') || !user.is_empty() {
-                // `user:pass@` or a bare token `secret@` (NATS): mask it.
-                let masked = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    "***".to_owned()
-                };
-                format!("{scheme}://{masked}@{host}{tail}")
-            } else {
-                url.to_owned()
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// Creates the backend that `config` names (it does not connect yet:
 /// backends connect in the background once started, and keep retrying).
 pub fn from_config(config: &PubSubConfig) -> Result<Arc<dyn Broker>, BrokerError> {
     config.validate()?;
-    match config.adapter {
-        Adapter::Local => Ok(Arc::new(LocalBroker::new())),
-        Adapter::Redis => {
-            #[cfg(feature = "redis")]
-            {
-                Ok(Arc::new(RedisBroker::new(&config.redis_url)?))
-            }
-            #[cfg(not(feature = "redis"))]
-            {
-                Err(BrokerError::NotCompiled {
-                    adapter: "redis",
-                    feature: "redis",
-                })
-            }
-        }
-        Adapter::Nats => {
-            #[cfg(feature = "nats")]
-            {
-                Ok(Arc::new(NatsBroker::new(&config.nats_url)?))
-            }
-            #[cfg(not(feature = "nats"))]
-            {
-                Err(BrokerError::NotCompiled {
-                    adapter: "nats",
-                    feature: "nats",
-                })
-            }
-        }
-    }
-}
-
-/// Capped exponential backoff with a little jitter: 50 ms, 100 ms, …, 2 s.
-#[derive(Debug, Default)]
-#[cfg_attr(not(feature = "redis"), allow(dead_code))] // nats uses only `delay_for`
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-#[cfg_attr(not(feature = "redis"), allow(dead_code))] // nats uses only `delay_for`
-impl Backoff {
-    pub(crate) const MIN: Duration = Duration::from_millis(50);
-    pub(crate) const MAX: Duration = Duration::from_secs(2);
-
-    /// The delay before attempt `attempt` (0-based), without jitter.
-    pub(crate) fn delay_for(attempt: u32) -> Duration {
-        Backoff::MIN
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(Backoff::MAX)
-    }
-
-    /// The next delay (with up to 20% jitter, so instances that lost the
-    /// broker together do not reconnect in lockstep).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = Backoff::delay_for(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(self.attempt);
-        let jitter = base.mul_f64((h.finish() % 200) as f64 / 1000.0);
-        base + jitter
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn cfg(vars: &[(&str, &str)]) -> Result<crate::Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        crate::Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn seed_variables() {
-        let c = cfg(&[]).unwrap();
-        assert_eq!(c.pubsub, PubSubConfig::default());
-        assert!(!c.pubsub.enabled);
-        assert_eq!(c.pubsub.channel, "websocket.broadcast");
-
-        let c = cfg(&[
-            ("WS_PUBSUB_ENABLED", "true"),
-            ("WS_PUBSUB_ADAPTER", "local"),
-            ("WS_PUBSUB_CHANNEL", "chat.all"),
-            ("WS_REDIS_URL", "redis://:pw@10.0.0.1:6380/2"),
-        ])
-        .unwrap();
-        assert!(c.pubsub.enabled);
-        assert_eq!(c.pubsub.adapter, Adapter::Local);
-        assert_eq!(c.pubsub.channel, "chat.all");
-        assert_eq!(c.pubsub.redis_url, "redis://:pw@10.0.0.1:6380/2");
-    }
-
-    #[test]
-    fn errors_name_the_variable() {
-        for (vars, var) in [
-            (vec![("WS_PUBSUB_ENABLED", "maybe")], "WS_PUBSUB_ENABLED"),
-            (vec![("WS_PUBSUB_ADAPTER", "kafka")], "WS_PUBSUB_ADAPTER"),
-            (vec![("WS_PUBSUB_CHANNEL", "a b")], "WS_PUBSUB_CHANNEL"),
-            (vec![("WS_PUBSUB_CHANNEL", "a.*")], "WS_PUBSUB_CHANNEL"),
-            (
-                vec![
-                    ("WS_PUBSUB_ENABLED", "1"),
-                    ("WS_PUBSUB_ADAPTER", "redis"),
-                    ("WS_REDIS_URL", "http://127.0.0.1:6379"),
-                ],
-                "WS_REDIS_URL",
-            ),
-            (
-                vec![
-                    ("WS_PUBSUB_ENABLED", "1"),
-                    ("WS_PUBSUB_ADAPTER", "redis"),
-                    ("WS_REDIS_URL", "redis://127.0.0.1:port/0"),
-                ],
-                "WS_REDIS_URL",
-            ),
-            (
-                vec![
-                    ("WS_PUBSUB_ENABLED", "1"),
-                    ("WS_PUBSUB_ADAPTER", "nats"),
-                    ("WS_NATS_URL", "127.0.0.1:4222"),
-                ],
-                "WS_NATS_URL",
-            ),
-        ] {
-            let e = cfg(&vars).unwrap_err();
-            assert_eq!(e.var, var, "{e}");
-            assert!(e.to_string().starts_with(&format!("invalid {var}=")), "{e}");
-        }
-        // A disabled broker's URL is not checked.
-        assert!(cfg(&[("WS_REDIS_URL", "nonsense")]).is_ok());
-    }
-
-    #[test]
-    fn passwords_are_masked_in_errors() {
-        let e = cfg(&[
-            ("WS_PUBSUB_ENABLED", "true"),
-            ("WS_PUBSUB_ADAPTER", "redis"),
-            ("WS_REDIS_URL", "redis://user:hunter2@127.0.0.1:notaport/0"),
-        ])
-        .unwrap_err();
-        assert!(!e.to_string().contains("hunter2"), "{e}");
-        assert!(e.to_string().contains("user:***@127.0.0.1"), "{e}");
-        assert_eq!(
-            redact_url("nats://s3cr3t@127.0.0.1:4222"),
-            "nats://***@127.0.0.1:4222"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
-    }
-
-    #[cfg(not(feature = "redis"))]
-    #[test]
-    fn an_adapter_not_compiled_names_its_feature() {
-        let e = cfg(&[
-            ("WS_PUBSUB_ENABLED", "true"),
-            ("WS_PUBSUB_ADAPTER", "redis"),
-        ])
-        .unwrap_err();
-        assert_eq!(e.var, "WS_PUBSUB_ADAPTER");
-        assert!(e.to_string().contains("`redis` cargo feature"), "{e}");
-        let e = crate::Server::builder()
-            .pubsub(PubSubConfig::redis("redis://127.0.0.1:6379"))
-            .build()
-            .unwrap_err();
-        assert!(e.to_string().contains("`redis` cargo feature"), "{e}");
-    }
-
-    #[cfg(not(feature = "nats"))]
-    #[test]
-    fn nats_not_compiled_names_its_feature() {
-        let e = cfg(&[("WS_PUBSUB_ENABLED", "true"), ("WS_PUBSUB_ADAPTER", "nats")]).unwrap_err();
-        assert!(e.to_string().contains("`nats` cargo feature"), "{e}");
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        assert_eq!(Backoff::delay_for(0), Duration::from_millis(50));
-        assert_eq!(Backoff::delay_for(1), Duration::from_millis(100));
-        assert_eq!(Backoff::delay_for(10), Backoff::MAX);
-        assert_eq!(Backoff::delay_for(u32::MAX), Backoff::MAX);
-        let mut b = Backoff::default();
-        for _ in 0..100 {
-            assert!(b.next_delay() <= Backoff::MAX.mul_f64(1.2));
-        }
-        b.reset();
-        assert!(b.next_delay() < Duration::from_millis(61));
+    let reg = find_adapter(&config.adapter).ok_or_else(|| config.unknown_adapter())?;
+    match reg.def {
+        Some(def) => (def.create)(config.url()),
+        None => Err(BrokerError::NotCompiled {
+            adapter: reg.name,
+            feature: reg.feature.unwrap_or(reg.name),
+        }),
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 
 use super::{redact_url, Backoff};
 use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription};
-use crate::config::ConfigError;
+use crate::env::ConfigError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +53,21 @@ struct Inner {
     shown: String,
     client: OnceCell<async_nats::Client>,
 }
+
+/// `WS_PUBSUB_ADAPTER=nats`, at `WS_NATS_URL` (several servers separated
+/// by commas).
+pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
+    aliases: &[],
+    url_var: Some("WS_NATS_URL"),
+    default_url: "nats://127.0.0.1:4222",
+    check_url: |url| {
+        for one in url.split(',') {
+            super::check_url("WS_NATS_URL", one.trim(), &["nats", "tls"])?;
+        }
+        Ok(())
+    },
+    create: |url| Ok(Arc::new(NatsBroker::new(url)?)),
+};
 
 impl std::fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

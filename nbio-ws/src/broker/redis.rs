@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::{redact_url, Backoff};
 use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription, SubscriptionSender};
-use crate::config::ConfigError;
+use crate::env::ConfigError;
 
 /// Connecting (TCP + handshake) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,6 +79,15 @@ struct PublishConn {
     /// No reconnect attempt before this (`None`: try now).
     retry_at: Option<Instant>,
 }
+
+/// `WS_PUBSUB_ADAPTER=redis`, at `WS_REDIS_URL`.
+pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
+    aliases: &[],
+    url_var: Some("WS_REDIS_URL"),
+    default_url: "redis://127.0.0.1:6379/0",
+    check_url: |url| super::check_url("WS_REDIS_URL", url, &["redis", "rediss"]),
+    create: |url| Ok(Arc::new(RedisBroker::new(url)?)),
+};
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,32 +1,34 @@
-//! [`Server`] and [`ServerBuilder`]: configuration, the accept loop and
-//! graceful shutdown.
+//! [`ServerBuilder`]: every setting of a server, in one place.
 //!
-//! Shutdown, whether from [`shutdown_signal`] (SIGINT/SIGTERM) or a future
-//! of your own, goes in this order: stop accepting; close every client with
-//! 1001 after writing what is already queued for it (each bounded by the
-//! shutdown timeout); wait for the connections to end, at most the shutdown
-//! timeout; return `Ok(())`.
+//! Settings come from two sources that compose in a fixed way, whatever
+//! the order of the calls: [`ServerBuilder::config`] gives the base (for
+//! example [`Config::from_env`](crate::Config::from_env)); every other
+//! setter overrides its own field on top of that base. So
+//! `.rate_limit(..).config(cfg)` and `.config(cfg).rate_limit(..)` build
+//! the same server: `cfg` with that rate limit. Calling `config` twice
+//! keeps the last base; calling a setter twice keeps the last value.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::client::Client;
+use super::Server;
+use crate::auth::{AllowedOrigins, Authenticator, BearerToken};
 use crate::config::Config;
-use crate::connection::{Hook, Mode, RawHandler, RawMessage, Settings, Shared};
+use crate::http::gate::Gate;
 use crate::http::WsEndpoint;
-use crate::hub::Hub;
+use crate::hub::{Client, Hub};
+use crate::limits::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::router::{registered_methods, ErasedHandler, Handler, Router, StateMap};
+use crate::tls::TlsConfig;
+use crate::ws::conn::{Hook, Mode, RawHandler, Settings, Shared};
+use crate::ws::RawMessage;
 
 /// Why [`ServerBuilder::build`] refused the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +60,8 @@ pub enum BuildError {
     Security(String),
 }
 
-/// Why the server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
+/// A setting given to the builder, applied over the base config.
+type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
 
 /// Configures a [`Server`]. Start with [`Server::builder`].
 ///
@@ -98,7 +90,10 @@ pub enum ServeError {
 /// }
 /// ```
 pub struct ServerBuilder {
-    pub(crate) config: Config,
+    /// The base settings ([`ServerBuilder::config`]).
+    base: Option<Config>,
+    /// What the other setters set, applied over the base in order.
+    overrides: Vec<Override>,
     methods: Vec<(String, ErasedHandler, String)>,
     use_registry: bool,
     state: StateMap,
@@ -110,15 +105,16 @@ pub struct ServerBuilder {
     pages: std::collections::HashMap<String, (&'static str, bytes::Bytes)>,
     broker: Option<Arc<dyn crate::broker::Broker>>,
     /// A custom authenticator (see [`crate::auth`]).
-    pub(crate) authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
     /// A security setting given to the builder that does not parse.
-    pub(crate) security_error: Option<String>,
+    security_error: Option<String>,
 }
 
 impl ServerBuilder {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ServerBuilder {
-            config: Config::default(),
+            base: None,
+            overrides: Vec::new(),
             methods: Vec::new(),
             use_registry: true,
             state: StateMap::default(),
@@ -134,60 +130,85 @@ impl ServerBuilder {
         }
     }
 
-    /// Replaces every setting with those of `config` (for example from
-    /// [`Config::from_env`]).
+    /// The base settings (for example from [`Config::from_env`]). The
+    /// other setters override their own fields on top of it, whether they
+    /// are called before or after this (see the [module docs](self)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cfg = nbio_ws::Config::from_lookup(|k| (k == "WS_PORT").then(|| "9000".into()))?;
+    /// let server = nbio_ws::Server::builder()
+    ///     .rate_limit(5, Duration::from_secs(1), 5)
+    ///     .config(cfg)
+    ///     .build()?;
+    /// assert_eq!(server.config().port, 9000);
+    /// assert!(server.config().limits.rate_limit.enabled);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
+        self.base = Some(config);
         self
+    }
+
+    fn set(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        self.overrides.push(Box::new(f));
+        self
+    }
+
+    /// The settings the server will be built with: the base, then every
+    /// setter's override.
+    pub fn effective_config(&self) -> Config {
+        let mut cfg = self.base.clone().unwrap_or_default();
+        for o in &self.overrides {
+            o(&mut cfg);
+        }
+        cfg
     }
 
     /// The address to listen on (default `127.0.0.1:8080`; port 0 picks a
     /// free port).
-    pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.config.host = addr.ip().to_string();
-        self.config.port = addr.port();
-        self
+    pub fn bind(self, addr: SocketAddr) -> Self {
+        self.set(move |c| {
+            c.host = addr.ip().to_string();
+            c.port = addr.port();
+        })
     }
 
     /// The path of the WebSocket endpoint (default `/ws`).
-    pub fn path(mut self, path: impl Into<String>) -> Self {
-        self.config.path = path.into();
-        self
+    pub fn path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.set(move |c| c.path = path.clone())
     }
 
     /// The largest message accepted, in bytes, after reassembly of
     /// fragments (default 1 MiB). Larger messages close the connection
     /// with 1009.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
-        self
+    pub fn max_message_size(self, bytes: usize) -> Self {
+        self.set(move |c| c.max_message_size = bytes)
     }
 
     /// The capacity of each client's outbound queue, in messages (default
     /// 256). A client whose queue is full is closed with 1008.
-    pub fn send_buffer(mut self, messages: usize) -> Self {
-        self.config.send_buffer = messages;
-        self
+    pub fn send_buffer(self, messages: usize) -> Self {
+        self.set(move |c| c.send_buffer = messages)
     }
 
     /// How often each client is pinged (default 10 s).
-    pub fn ping_interval(mut self, every: Duration) -> Self {
-        self.config.ping_interval = every;
-        self
+    pub fn ping_interval(self, every: Duration) -> Self {
+        self.set(move |c| c.ping_interval = every)
     }
 
     /// How long a client may stay silent, not even answering pings, before
     /// it is closed with 1001 (default 60 s).
-    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
-        self.config.pong_timeout = timeout;
-        self
+    pub fn pong_timeout(self, timeout: Duration) -> Self {
+        self.set(move |c| c.pong_timeout = timeout)
     }
 
     /// How long graceful shutdown waits for queued messages and
     /// connections (default 10 s).
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.config.shutdown_timeout = timeout;
-        self
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.set(move |c| c.shutdown_timeout = timeout)
     }
 
     /// How long the server waits for the peer's answer to its close frame
@@ -239,9 +260,8 @@ impl ServerBuilder {
     /// // Without the `redis` feature, `build` names the missing feature.
     /// assert_eq!(built.is_ok(), cfg!(feature = "redis"));
     /// ```
-    pub fn pubsub(mut self, pubsub: crate::broker::PubSubConfig) -> Self {
-        self.config.pubsub = pubsub;
-        self
+    pub fn pubsub(self, pubsub: crate::broker::PubSubConfig) -> Self {
+        self.set(move |c| c.pubsub = pubsub.clone())
     }
 
     /// Uses this broker (one of [`broker`](crate::broker)'s, or your own
@@ -353,13 +373,144 @@ impl ServerBuilder {
         self
     }
 
+    // --- authentication and origins (see `auth`)
+
+    /// Authenticates every upgrade request with `authenticator` (replacing
+    /// the built-in bearer token check of `WS_AUTH_ENABLED`). See
+    /// [`auth`](crate::auth).
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Turns authentication on with these bearer tokens (`name:token` or
+    /// a bare token), like `WS_AUTH_ENABLED=true` and `WS_BEARER_TOKENS`.
+    pub fn bearer_tokens<'a>(self, tokens: impl IntoIterator<Item = &'a str>) -> Self {
+        let tokens = BearerToken::parse_list(tokens);
+        self.set(move |c| {
+            c.auth.enabled = true;
+            c.auth.bearer_tokens = tokens.clone();
+        })
+    }
+
+    /// The origins allowed to connect (`WS_ALLOWED_ORIGINS`), e.g.
+    /// `["https://app.example.com"]`; `["*"]` allows all (the default).
+    /// An origin that does not parse makes [`build`](crate::ServerBuilder::build) fail.
+    pub fn allowed_origins<'a>(mut self, origins: impl IntoIterator<Item = &'a str>) -> Self {
+        let list: Vec<&str> = origins.into_iter().collect();
+        match AllowedOrigins::parse(&list.join(",")) {
+            Ok(o) => self.set(move |c| c.auth.allowed_origins = o.clone()),
+            Err(bad) => {
+                self.security_error = Some(format!("invalid allowed origin {bad:?}"));
+                self
+            }
+        }
+    }
+
+    // --- abuse limits (see `limits`)
+
+    /// Rate limits every connection to `rate` requests per `interval`,
+    /// with bursts of `burst` (like `WS_RATE_LIMIT_ENABLED=true` and
+    /// `WS_RATE_LIMIT_RATE`, `_INTERVAL`, `_BURST`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = nbio_ws::Server::builder()
+    ///     .rate_limit(100, Duration::from_secs(60), 10)
+    ///     .rate_limit_close_after(50)
+    ///     .build();
+    /// assert!(server.is_ok());
+    /// ```
+    pub fn rate_limit(self, rate: u32, interval: Duration, burst: u32) -> Self {
+        self.set(move |c| {
+            let r = &mut c.limits.rate_limit;
+            r.enabled = true;
+            r.rate = rate.max(1);
+            r.interval = if interval.is_zero() {
+                Duration::from_nanos(1)
+            } else {
+                interval
+            };
+            r.burst = burst.max(1);
+        })
+    }
+
+    /// Closes a connection with 1008 after this many rate-limited requests
+    /// in a row (`WS_RATE_LIMIT_CLOSE_AFTER`, default 50; 0 never closes).
+    pub fn rate_limit_close_after(self, limited_in_a_row: u32) -> Self {
+        self.set(move |c| c.limits.rate_limit.close_after = limited_in_a_row)
+    }
+
+    /// Most WebSocket connections at once (`WS_MAX_CONNECTIONS`; 0, the
+    /// default, for no limit). Past it upgrades get HTTP 503.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.set(move |c| c.limits.max_connections = n)
+    }
+
+    /// Most WebSocket connections from one client address
+    /// (`WS_MAX_CONNECTIONS_PER_IP`; 0, the default, for no limit). Past
+    /// it upgrades get HTTP 429.
+    pub fn max_connections_per_ip(self, n: usize) -> Self {
+        self.set(move |c| c.limits.max_connections_per_ip = n)
+    }
+
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed
+    /// (`WS_TRUSTED_PROXIES`). An entry that does not parse makes
+    /// [`build`](crate::ServerBuilder::build) fail.
+    pub fn trusted_proxies<'a>(mut self, proxies: impl IntoIterator<Item = &'a str>) -> Self {
+        let list: Vec<&str> = proxies.into_iter().collect();
+        match TrustedProxies::parse(&list.join(",")) {
+            Ok(p) => self.set(move |c| c.limits.trusted_proxies = p.clone()),
+            Err(bad) => {
+                self.security_error = Some(format!("invalid trusted proxy {bad:?}"));
+                self
+            }
+        }
+    }
+
+    /// How long a client may take to send its request headers (TLS
+    /// handshake included), and an authenticator to decide
+    /// (`WS_HANDSHAKE_TIMEOUT`, default 10 s).
+    pub fn handshake_timeout(self, timeout: Duration) -> Self {
+        self.set(move |c| c.limits.handshake_timeout = timeout)
+    }
+
+    /// Largest request head, in bytes; at least 8192
+    /// (`WS_MAX_HEADER_SIZE`, default 32 KiB). Larger heads get HTTP 431.
+    pub fn max_header_size(self, bytes: usize) -> Self {
+        self.set(move |c| c.limits.max_header_size = bytes)
+    }
+
+    /// Most TCP connections accepted and not yet upgraded
+    /// (`WS_MAX_PENDING_HANDSHAKES`, default 1024; 0 for no limit). Past
+    /// it new connections get HTTP 503 and are closed.
+    pub fn max_pending_handshakes(self, n: usize) -> Self {
+        self.set(move |c| c.limits.max_pending_handshakes = n)
+    }
+
+    // --- TLS
+
+    /// Serves TLS with the certificate chain and private key in these PEM
+    /// files (like `WS_TLS_ENABLED`, `WS_TLS_CERT`, `WS_TLS_KEY`). Needs the
+    /// `tls` cargo feature; [`build`](crate::ServerBuilder::build) reads
+    /// and checks the files.
+    pub fn tls_pem_files(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let tls = TlsConfig {
+            enabled: true,
+            cert: Some(cert.into()),
+            key: Some(key.into()),
+        };
+        self.set(move |c| c.tls = tls.clone())
+    }
+
     /// Checks the configuration and builds the server. Fails on a method
     /// name registered twice, a path without a leading `/`, a zero
     /// limit, or pub/sub settings that cannot work (an adapter that is not
     /// compiled in, an invalid URL). A broker that is merely unreachable
     /// does not fail the build: it is retried in the background.
     pub fn build(self) -> Result<Server, BuildError> {
-        let cfg = &self.config;
+        let config = self.effective_config();
+        let cfg = &config;
         if !cfg.path.starts_with('/') {
             return Err(BuildError::InvalidPath(cfg.path.clone()));
         }
@@ -437,7 +588,7 @@ impl ServerBuilder {
             )));
         }
         let tls = crate::tls::Tls::new(&cfg.tls).map_err(BuildError::Security)?;
-        let gate = crate::gate::Gate::new(cfg, self.authenticator, Arc::clone(hub.metrics()))
+        let gate = Gate::new(cfg, self.authenticator, Arc::clone(hub.metrics()))
             .map_err(BuildError::Security)?;
         let settings = Settings {
             max_message_size: cfg.max_message_size,
@@ -455,253 +606,19 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             shutting_down: AtomicBool::new(false),
-            gate,
         });
         let endpoint = WsEndpoint {
             shared,
-            path: Arc::from(self.config.path.as_str()),
+            gate: Arc::new(gate),
+            path: Arc::from(cfg.path.as_str()),
             tracker: TaskTracker::new(),
             pages: Arc::new(self.pages),
         };
         Ok(Server {
             endpoint,
-            config: self.config,
+            config,
             tls,
         })
     }
 }
 
-/// A configured server, ready to serve.
-///
-/// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let cfg = nbio_ws::Config::from_env()?;
-/// nbio_ws::Server::builder().config(cfg).build()?.serve().await?;
-/// # Ok(()) }
-/// ```
-pub struct Server {
-    endpoint: WsEndpoint,
-    config: Config,
-    tls: crate::tls::Tls,
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("bind", &self.config.bind_addr())
-            .field("path", &self.config.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Server {
-    /// A builder with the default settings.
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::new()
-    }
-
-    /// The hub of connected clients.
-    pub fn hub(&self) -> &Hub {
-        self.endpoint.hub()
-    }
-
-    /// The settings the server was built with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The names of the JSON-RPC methods served, sorted (empty in raw mode).
-    pub fn method_names(&self) -> Vec<&str> {
-        match &self.endpoint.shared.mode {
-            Mode::Rpc(r) => r.method_names(),
-            Mode::Raw(_) => Vec::new(),
-        }
-    }
-
-    pub(crate) fn endpoint_ref(&self) -> &WsEndpoint {
-        &self.endpoint
-    }
-
-    /// The WebSocket endpoint, to mount inside another hyper or axum
-    /// application instead of calling `serve`.
-    pub fn endpoint(&self) -> WsEndpoint {
-        self.endpoint.clone()
-    }
-
-    /// Binds the configured address and serves until SIGINT or SIGTERM,
-    /// then shuts down gracefully.
-    pub async fn serve(self) -> Result<(), ServeError> {
-        self.serve_with_shutdown(shutdown_signal()).await
-    }
-
-    /// Binds the configured address and serves until `shutdown` completes,
-    /// then shuts down gracefully.
-    pub async fn serve_with_shutdown(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        let addr = self.config.bind_addr();
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        self.serve_listener(listener, shutdown).await
-    }
-
-    /// Serves on a listener you bound yourself (for example on port 0 in
-    /// tests) until `shutdown` completes.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// println!("listening on {}", listener.local_addr()?);
-    /// let server = nbio_ws::Server::builder().build()?;
-    /// server.serve_listener(listener, nbio_ws::shutdown_signal()).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn serve_listener(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, path = %self.config.path, tls = self.tls.enabled(), "listening");
-        }
-        self.hub().start_broker();
-        // HTTP connections not (yet) upgraded: told to finish on shutdown.
-        let http_stop = tokio_util::sync::CancellationToken::new();
-        let http_tasks = TaskTracker::new();
-        let mut http = http1::Builder::new();
-        let limits = &self.config.limits;
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.handshake_timeout)
-            .max_buf_size(limits.max_header_size.max(crate::limits::MIN_HEADER_SIZE))
-            .keep_alive(true);
-        let handshake_timeout = limits.handshake_timeout;
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let (stream, remote) = match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            // Out of file descriptors or a reset before accept:
-                            // back off briefly instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    // A permit per connection not yet upgraded (see `limits`).
-                    let permit = match &self.endpoint.shared.gate.pending {
-                        None => None,
-                        Some(sem) => match Arc::clone(sem).try_acquire_owned() {
-                            Ok(p) => Some(p),
-                            Err(_) => {
-                                self.hub().metrics().incr("pending_handshake_rejections");
-                                tracing::debug!(%remote, "too many handshakes in progress: refused");
-                                http_tasks.spawn(crate::limits::refuse_busy(stream));
-                                continue;
-                            }
-                        },
-                    };
-                    let endpoint = self.endpoint.clone();
-                    let http = http.clone();
-                    let tls = self.tls.clone();
-                    let stop = http_stop.clone();
-                    http_tasks.spawn(async move {
-                        // Released when the connection is upgraded or closed.
-                        let _permit = permit;
-                        let io = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                            Ok(Ok(io)) => io,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let service = service_fn(move |req| {
-                            let endpoint = endpoint.clone();
-                            async move { Ok::<_, Infallible>(endpoint.handle(req, remote).await) }
-                        });
-                        let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
-                        tokio::pin!(conn);
-                        let result = tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = stop.cancelled() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%remote, error = %e, "http connection error");
-                        }
-                    });
-                }
-            }
-        }
-        drop(listener);
-        http_stop.cancel();
-        http_tasks.close();
-        self.shutdown(http_tasks).await;
-        Ok(())
-    }
-
-    async fn shutdown(&self, http_tasks: TaskTracker) {
-        let timeout = self.config.shutdown_timeout;
-        tracing::info!(clients = self.hub().len(), "shutting down");
-        self.endpoint
-            .shared
-            .shutting_down
-            .store(true, Ordering::Release);
-        self.hub().close_all(1001, "server shutting down");
-        self.endpoint.tracker.close();
-        let wait = async {
-            tokio::join!(http_tasks.wait(), self.endpoint.tracker.wait());
-        };
-        // Queues drain within `timeout`; the close handshake gets a little more.
-        if tokio::time::timeout(timeout + Duration::from_secs(1), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                clients = self.hub().len(),
-                "shutdown timeout: dropping remaining connections"
-            );
-        }
-        self.hub().stop_broker().await;
-        tracing::info!("stopped");
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}

@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{self, Entry, Presence, Route};
-use super::{Broker, BrokerStatus, Subscription};
-use crate::hub::{Hub, HubInner};
+use super::presence::{Reply, SNAPSHOT_PART_BYTES};
+use super::Inbound;
+use crate::broker::{Broker, BrokerError, BrokerStatus, Subscription};
 use crate::metrics::Metrics;
-use crate::presence::{Reply, SNAPSHOT_PART_BYTES};
 
 /// Entries waiting to be published. A broadcast that finds the queue full
 /// (the broker is far slower than the handlers) is not published and is
@@ -101,7 +101,7 @@ pub(crate) struct Link {
     origin: u64,
     /// Presence entries of a silent instance are dropped after this.
     ttl: Duration,
-    tx: mpsc::Sender<Entry>,
+    outbox: Outbox,
     /// The queue's receiving end until the publisher task takes it.
     pending: Mutex<Option<mpsc::Receiver<Entry>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -109,13 +109,36 @@ pub(crate) struct Link {
     metrics: Arc<Metrics>,
     /// The hub and the runtime, once started (room subscriptions need
     /// them, and joins may come from any thread).
-    hub: OnceLock<(Weak<HubInner>, tokio::runtime::Handle)>,
+    hub: OnceLock<(Weak<dyn Inbound>, tokio::runtime::Handle)>,
     /// Room subscriptions by channel.
     rooms: Mutex<HashMap<String, RoomSub>>,
+    snapshot_wanted: Arc<Notify>,
+}
+
+/// The sending end of the publish queue, shared by the link and its tasks.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Entry>,
     /// Set by [`Link::stop`]: presence entries are refused from then on,
     /// so that `Gone` is the last word.
-    stopping: std::sync::atomic::AtomicBool,
-    snapshot_wanted: Arc<Notify>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    /// Queues an entry for the publisher. Never blocks.
+    fn queue(&self, entry: Entry) {
+        if matches!(entry, Entry::Presence(_))
+            && self.stopping.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(entry) {
+            self.metrics.incr(PUBLISH_FAILURES);
+            let full = matches!(e, mpsc::error::TrySendError::Full(_));
+            tracing::debug!(full, "broker publish queue refused a message");
+        }
+    }
 }
 
 impl Link {
@@ -137,7 +160,11 @@ impl Link {
             presence_channel: Arc::from(format!("{channel}.presence")),
             origin,
             ttl,
-            tx,
+            outbox: Outbox {
+                tx,
+                stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                metrics: Arc::clone(&metrics),
+            },
             pending: Mutex::new(Some(rx)),
             tasks: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
@@ -145,22 +172,12 @@ impl Link {
             hub: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
             snapshot_wanted: Arc::new(Notify::new()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Queues an entry for the publisher. Never blocks.
     pub(crate) fn queue(&self, entry: Entry) {
-        if matches!(entry, Entry::Presence(_))
-            && self.stopping.load(std::sync::atomic::Ordering::Acquire)
-        {
-            return;
-        }
-        if let Err(e) = self.tx.try_send(entry) {
-            self.metrics.incr(PUBLISH_FAILURES);
-            let full = matches!(e, mpsc::error::TrySendError::Full(_));
-            tracing::debug!(full, "broker publish queue refused a message");
-        }
+        self.outbox.queue(entry);
     }
 
     /// The adapter and whether it is connected.
@@ -190,6 +207,8 @@ impl Link {
         Some(rt.spawn(receive_loop(
             sub,
             hub,
+            self.outbox.clone(),
+            Arc::clone(&self.snapshot_wanted),
             self.origin,
             kind,
             Arc::clone(&self.metrics),
@@ -265,15 +284,10 @@ impl Link {
         }
     }
 
-    /// Asks the presence task to publish this instance's snapshot.
-    pub(crate) fn want_snapshot(&self) {
-        self.snapshot_wanted.notify_one();
-    }
-
     /// Starts the publisher, receiver and presence tasks, once. Needs a
     /// tokio runtime; without one it does nothing (and is called again
     /// when the server starts serving).
-    pub(crate) fn start(&self, hub: &Hub) {
+    pub(crate) fn start(&self, hub: Weak<dyn Inbound>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -282,7 +296,7 @@ impl Link {
         };
         let _ = self
             .hub
-            .set((Arc::downgrade(&hub.0), tokio::runtime::Handle::current()));
+            .set((hub.clone(), tokio::runtime::Handle::current()));
         let mut tasks = Vec::with_capacity(4);
         for (channel, kind) in [
             (&self.channel, Kind::Main),
@@ -293,7 +307,7 @@ impl Link {
                     if kind == Kind::Presence {
                         // Once subscribed, ask everyone for their members.
                         let mut ready = sub.ready_watch();
-                        let tx = self.tx.clone();
+                        let tx = self.outbox.tx.clone();
                         tasks.push(tokio::spawn(async move {
                             if ready.wait_for(|r| *r).await.is_ok() {
                                 let _ = tx
@@ -319,13 +333,16 @@ impl Link {
             self.cancel.clone(),
         )));
         tasks.push(tokio::spawn(presence_loop(
-            Arc::downgrade(&hub.0),
+            hub.clone(),
+            self.outbox.clone(),
             self.ttl,
             Arc::clone(&self.snapshot_wanted),
             self.cancel.clone(),
         )));
         // Rooms joined before the start.
-        hub.0.rooms.subscribe_all(self);
+        if let Some(hub) = hub.upgrade() {
+            hub.local_rooms(&mut |room| self.room_subscribe(room));
+        }
         tracing::info!(
             adapter = self.broker.adapter(),
             channel = %self.channel,
@@ -341,10 +358,16 @@ impl Link {
     /// they drop its presence at once), publishes what is still queued
     /// (within a bound), then ends every task.
     pub(crate) async fn stop(&self) {
-        self.stopping
+        self.outbox
+            .stopping
             .store(true, std::sync::atomic::Ordering::Release);
         // Past `stopping`, only this goes in: nothing follows the goodbye.
-        if self.tx.try_send(Entry::Presence(Presence::Gone)).is_err() {
+        if self
+            .outbox
+            .tx
+            .try_send(Entry::Presence(Presence::Gone))
+            .is_err()
+        {
             self.metrics.incr(PUBLISH_FAILURES);
         }
         self.cancel.cancel();
@@ -368,7 +391,8 @@ impl Drop for Link {
 
 /// Heartbeats, expiry of silent instances, and snapshots on request.
 async fn presence_loop(
-    hub: Weak<HubInner>,
+    hub: Weak<dyn Inbound>,
+    link: Outbox,
     ttl: Duration,
     snapshot_wanted: Arc<Notify>,
     cancel: CancellationToken,
@@ -391,28 +415,23 @@ async fn presence_loop(
             }
             last_snapshot = Some(tokio::time::Instant::now());
         }
-        let Some(hub) = hub.upgrade().map(Hub) else {
-            return;
-        };
-        let Some(link) = hub.0.broker.get() else {
+        let Some(hub) = hub.upgrade() else {
             return;
         };
         if snapshot {
-            hub.0
-                .rooms
-                .snapshot(SNAPSHOT_PART_BYTES, |version, members, part, parts| {
-                    link.queue(Entry::Presence(Presence::Snapshot {
-                        version,
-                        part,
-                        parts,
-                        members,
-                    }));
-                });
+            hub.snapshot(SNAPSHOT_PART_BYTES, &mut |version, members, part, parts| {
+                link.queue(Entry::Presence(Presence::Snapshot {
+                    version,
+                    part,
+                    parts,
+                    members,
+                }));
+            });
         } else {
-            hub.0.rooms.with_version(|version| {
+            hub.with_version(&mut |version| {
                 link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
             });
-            hub.0.rooms.expire_remote();
+            hub.expire_remote();
         }
     }
 }
@@ -547,7 +566,7 @@ impl Publisher {
         self.seqs[slot] = self.seqs[slot].wrapping_add(n);
         let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.broker.publish(&channel, payload))
             .await
-            .unwrap_or(Err(super::BrokerError::Timeout));
+            .unwrap_or(Err(BrokerError::Timeout));
         drop(channel);
         self.batch.clear();
         match result {
@@ -578,7 +597,9 @@ impl Publisher {
 
 async fn receive_loop(
     mut sub: Subscription,
-    hub: Weak<HubInner>,
+    hub: Weak<dyn Inbound>,
+    link: Outbox,
+    snapshot_wanted: Arc<Notify>,
     origin: u64,
     kind: Kind,
     metrics: Arc<Metrics>,
@@ -606,7 +627,7 @@ async fn receive_loop(
                 continue;
             }
         };
-        let Some(hub) = hub.upgrade().map(Hub) else {
+        let Some(hub) = hub.upgrade() else {
             return;
         };
         let n = env.entries.len() as u64;
@@ -620,7 +641,7 @@ async fn receive_loop(
                     metrics.add(LOST, env.first_seq - exp);
                 }
                 if kind == Kind::Presence {
-                    hub.0.rooms.remote_gap(env.origin);
+                    hub.presence_gap(env.origin);
                 }
             } else if env.first_seq < exp {
                 skip = (exp - env.first_seq).min(n);
@@ -635,30 +656,16 @@ async fn receive_loop(
         metrics.add(RECEIVED, n - skip);
         for entry in env.entries.into_iter().skip(skip as usize) {
             match entry {
-                Entry::Broadcast(text) => {
-                    hub.deliver_local(text);
-                }
-                Entry::Direct(id, text) => {
-                    if let Some(client) = hub.get(id) {
-                        let _ = client.send_text(text);
+                Entry::Broadcast(text) => hub.broadcast(text),
+                Entry::Direct(id, text) => hub.direct(id, text),
+                Entry::Room { room, except, text } => hub.room(&room, except, &text),
+                Entry::Presence(p) => match hub.presence(origin, env.origin, p) {
+                    Reply::None => {}
+                    Reply::AskSnapshot(target) => {
+                        link.queue(Entry::Presence(Presence::SyncRequest { target }));
                     }
-                }
-                Entry::Room { room, except, text } => {
-                    hub.metrics().broadcast();
-                    hub.0.rooms.send(&room, except, &text);
-                }
-                Entry::Presence(p) => {
-                    let reply = hub.0.rooms.apply_remote(origin, env.origin, p);
-                    if let Some(link) = hub.0.broker.get() {
-                        match reply {
-                            Reply::None => {}
-                            Reply::AskSnapshot(target) => {
-                                link.queue(Entry::Presence(Presence::SyncRequest { target }));
-                            }
-                            Reply::SendSnapshot => link.want_snapshot(),
-                        }
-                    }
-                }
+                    Reply::SendSnapshot => snapshot_wanted.notify_one(),
+                },
             }
         }
     }

@@ -45,12 +45,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::broker::envelope::{Presence, SnapshotMembers};
-use crate::client::ClientId;
-use crate::rooms::{Member, PresenceEvent};
+use super::envelope::{Presence, SnapshotMembers};
+use crate::broker::DEFAULT_PRESENCE_TTL as DEFAULT_TTL;
+use crate::types::{ClientId, Member, PresenceEvent};
 
-/// Default time after which the members of a silent instance are dropped.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// Most bytes of members in one snapshot part.
 pub(crate) const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 

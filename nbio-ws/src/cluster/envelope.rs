@@ -32,13 +32,13 @@
 //! cannot cause duplicates) and counts holes as lost messages. `text` is
 //! the encoded JSON-RPC message, sent to clients as is; it is checked to
 //! be UTF-8 (it goes out in a text frame) but not parsed. The presence
-//! entries are described in [`crate::presence`].
+//! entries are described in [`presence`](super::presence).
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::client::ClientId;
+use crate::types::ClientId;
 
 const MAGIC: u8 = b'N';
 const VERSION: u8 = 2;
@@ -68,7 +68,7 @@ pub(crate) enum Entry {
 /// Memberships as a snapshot carries them: room, client, meta (JSON).
 pub(crate) type SnapshotMembers = Vec<(Arc<str>, ClientId, Bytes)>;
 
-/// The presence entries (see [`crate::presence`]).
+/// The presence entries (see [`presence`](super::presence)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Presence {
     Join {

@@ -24,21 +24,7 @@ use tokio::sync::Notify;
 
 use crate::jsonrpc;
 use crate::metrics::Metrics;
-
-/// The identifier of a connected client, unique within one server
-/// instance and, with a broker, across instances (it embeds nothing
-/// secret).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
-)]
-#[serde(transparent)]
-pub struct ClientId(pub u64);
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+use crate::types::ClientId;
 
 /// Why a message could not be queued for a client.
 #[derive(Debug, thiserror::Error)]

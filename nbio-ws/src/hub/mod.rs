@@ -21,9 +21,20 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::client::{Client, ClientId, Outbound, SendError};
+pub(crate) mod client;
+pub(crate) mod rooms;
+
+pub use client::{Client, SendError};
+pub use rooms::RoomSender;
+
+pub(crate) use client::{CloseRequest, OutRx, Outbound};
+
+use crate::cluster::envelope::{Entry, Presence, SnapshotMembers};
+use crate::cluster::presence::Reply;
+use crate::cluster::{Inbound, Link};
 use crate::jsonrpc;
 use crate::metrics::Metrics;
+use crate::types::ClientId;
 
 /// The registry of this server's connected clients.
 ///
@@ -55,8 +66,8 @@ pub(crate) struct HubInner {
     /// Random id of this instance in broker envelopes.
     instance_id: u64,
     started: Instant,
-    pub(crate) rooms: crate::rooms::Rooms,
-    pub(crate) broker: std::sync::OnceLock<crate::broker::link::Link>,
+    pub(crate) rooms: rooms::Rooms,
+    pub(crate) broker: std::sync::OnceLock<Link>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -93,7 +104,7 @@ impl Hub {
             instance_tag,
             instance_id,
             started: Instant::now(),
-            rooms: crate::rooms::Rooms::default(),
+            rooms: rooms::Rooms::default(),
             broker: std::sync::OnceLock::new(),
         }))
     }
@@ -121,8 +132,23 @@ impl Hub {
     }
 
     /// The broker link, if a broker is attached.
-    pub(crate) fn link(&self) -> Option<&crate::broker::link::Link> {
+    pub(crate) fn link(&self) -> Option<&Link> {
         self.0.broker.get()
+    }
+
+    /// Room channels this instance is subscribed to, with a broker.
+    pub(crate) fn room_subscriptions(&self) -> Option<usize> {
+        self.link().map(Link::room_subscriptions)
+    }
+
+    /// Members of other instances replicated here.
+    pub(crate) fn remote_members(&self) -> usize {
+        self.0.rooms.remote_members()
+    }
+
+    /// Other instances whose members are replicated here.
+    pub(crate) fn remote_instances(&self) -> usize {
+        self.0.rooms.remote_instances()
     }
 
     /// Attaches a broker (once; later calls are ignored) and starts its
@@ -130,11 +156,11 @@ impl Hub {
     /// this instance's presence without a heartbeat.
     pub(crate) fn attach_broker(
         &self,
-        broker: std::sync::Arc<dyn crate::broker::Broker>,
+        broker: Arc<dyn crate::broker::Broker>,
         channel: &str,
         ttl: std::time::Duration,
     ) {
-        let link = crate::broker::link::Link::new(
+        let link = Link::new(
             broker,
             channel,
             self.0.instance_id,
@@ -149,7 +175,8 @@ impl Hub {
     /// Starts the broker's tasks if they are not running yet.
     pub(crate) fn start_broker(&self) {
         if let Some(link) = self.0.broker.get() {
-            link.start(self);
+            let inbound: std::sync::Weak<dyn Inbound> = Arc::downgrade(&self.0) as _;
+            link.start(inbound);
         }
     }
 
@@ -225,21 +252,14 @@ impl Hub {
     /// instances). Returns how many local clients it was queued for.
     pub fn broadcast_text(&self, bytes: Bytes) -> usize {
         if let Some(link) = self.0.broker.get() {
-            link.queue(crate::broker::envelope::Entry::Broadcast(bytes.clone()));
+            link.queue(Entry::Broadcast(bytes.clone()));
         }
         self.deliver_local(bytes)
     }
 
     /// Fans a message out to this instance's clients only.
     pub(crate) fn deliver_local(&self, bytes: Bytes) -> usize {
-        self.0.metrics.broadcast();
-        let mut delivered = 0;
-        for c in self.0.clients.iter() {
-            if c.value().send(Outbound::Text(bytes.clone())).is_ok() {
-                delivered += 1;
-            }
-        }
-        delivered
+        self.0.deliver_local(bytes)
     }
 
     /// Sends the notification `method(params)` to one client.
@@ -262,7 +282,7 @@ impl Hub {
         match self.0.broker.get() {
             Some(link) if id.0 >> 32 != self.0.instance_tag => {
                 let bytes = jsonrpc::encode_notification(method, params)?;
-                link.queue(crate::broker::envelope::Entry::Direct(id, bytes));
+                link.queue(Entry::Direct(id, bytes));
                 Ok(())
             }
             _ => Err(SendError::NotFound(id)),
@@ -275,6 +295,62 @@ impl Hub {
         for c in self.0.clients.iter() {
             c.value().close(code, reason);
         }
+    }
+}
+
+impl HubInner {
+    /// Fans a message out to this instance's clients only.
+    fn deliver_local(&self, bytes: Bytes) -> usize {
+        self.metrics.broadcast();
+        let mut delivered = 0;
+        for c in self.clients.iter() {
+            if c.value().send(Outbound::Text(bytes.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+/// What other instances publish arrives here.
+impl Inbound for HubInner {
+    fn broadcast(&self, text: Bytes) {
+        self.deliver_local(text);
+    }
+
+    fn direct(&self, id: ClientId, text: Bytes) {
+        if let Some(client) = self.clients.get(&id).map(|c| c.value().clone()) {
+            let _ = client.send_text(text);
+        }
+    }
+
+    fn room(&self, room: &str, except: Option<ClientId>, text: &Bytes) {
+        self.metrics.broadcast();
+        self.rooms.send(room, except, text);
+    }
+
+    fn presence(&self, me: u64, origin: u64, entry: Presence) -> Reply {
+        self.rooms.apply_remote(me, origin, entry)
+    }
+
+    fn presence_gap(&self, origin: u64) {
+        self.rooms.remote_gap(origin);
+    }
+
+    fn expire_remote(&self) {
+        self.rooms.expire_remote();
+    }
+
+    fn with_version(&self, f: &mut dyn FnMut(u64)) {
+        self.rooms.with_version(f);
+    }
+
+    fn snapshot(&self, part_bytes: usize, part: &mut dyn FnMut(u64, SnapshotMembers, u32, u32)) {
+        self.rooms.snapshot(part_bytes, part);
+    }
+
+    fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>)) {
+        self.rooms.local_rooms(f);
     }
 }
 

@@ -75,6 +75,17 @@
 //! origin is allowed: a page on any site could then use a browser's
 //! credentials.
 
+
+mod bearer;
+#[cfg(feature = "jwt")]
+mod jwt;
+mod origin;
+
+pub use bearer::{BearerAuth, BearerToken};
+#[cfg(feature = "jwt")]
+pub use jwt::JwtVerifier;
+pub use origin::AllowedOrigins;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -82,14 +93,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
-use hyper::{HeaderMap, Method, Response, StatusCode, Uri};
-use subtle::ConstantTimeEq;
+use hyper::header;
+use hyper::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::config::{ConfigError, Env};
-use crate::http::Body;
+use crate::env::{ConfigError, Env};
 
 /// A secret string (token, key): compared like a string, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -110,129 +117,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
-    }
-}
-
-/// One accepted bearer token and the identity it stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BearerToken {
-    /// The identity a client presenting this token gets.
-    pub identity: String,
-    /// The token.
-    pub token: Secret,
-}
-
-impl BearerToken {
-    /// Parses the entries of a `WS_BEARER_TOKENS` list: `name:token` or a
-    /// bare `token` (identity `token-N`, N counting from 1).
-    pub fn parse_list<'a>(entries: impl IntoIterator<Item = &'a str>) -> Vec<BearerToken> {
-        entries
-            .into_iter()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .enumerate()
-            .map(|(i, e)| match e.split_once(':') {
-                Some((name, token)) if !name.trim().is_empty() && !token.trim().is_empty() => {
-                    BearerToken {
-                        identity: name.trim().to_owned(),
-                        token: Secret::new(token.trim()),
-                    }
-                }
-                _ => BearerToken {
-                    identity: format!("token-{}", i + 1),
-                    token: Secret::new(e),
-                },
-            })
-            .collect()
-    }
-}
-
-/// An origin: scheme, host and port, normalized.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Origin {
-    /// Parses `scheme://host[:port]` (no path); lowercases scheme and host
-    /// and makes default ports explicit.
-    fn parse(s: &str) -> Option<Origin> {
-        let (scheme, rest) = s.trim().split_once("://")?;
-        let scheme = scheme.to_ascii_lowercase();
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-            return None;
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']')?;
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':')?),
-            };
-            (format!("[{}]", h.to_ascii_lowercase()), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
-                None => (rest.to_ascii_lowercase(), None),
-            }
-        };
-        if host.is_empty() || host.contains(':') && !host.starts_with('[') {
-            return None;
-        }
-        let port = match port {
-            Some(p) => p.parse().ok()?,
-            None => match scheme.as_str() {
-                "http" | "ws" => 80,
-                "https" | "wss" => 443,
-                _ => return None,
-            },
-        };
-        Some(Origin { scheme, host, port })
-    }
-}
-
-/// The origins allowed to open a WebSocket (`WS_ALLOWED_ORIGINS`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AllowedOrigins(Option<Vec<Origin>>);
-
-impl AllowedOrigins {
-    /// Every origin (`*`), the default.
-    pub fn any() -> Self {
-        AllowedOrigins(None)
-    }
-
-    /// Parses a comma-separated list, or `*`. The entry that does not parse
-    /// is the error.
-    pub fn parse(list: &str) -> Result<Self, String> {
-        let items: Vec<&str> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        if items.is_empty() || items.contains(&"*") {
-            return Ok(Self::any());
-        }
-        let mut origins = Vec::new();
-        for item in items {
-            origins.push(Origin::parse(item).ok_or_else(|| item.to_owned())?);
-        }
-        Ok(AllowedOrigins(Some(origins)))
-    }
-
-    /// Whether every origin is allowed.
-    pub fn is_any(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// Whether a request with this `Origin` header value may connect
-    /// (`None`: no header, allowed).
-    pub fn allows(&self, origin: Option<&str>) -> bool {
-        match (&self.0, origin) {
-            (None, _) | (_, None) => true,
-            (Some(list), Some(o)) => Origin::parse(o).is_some_and(|o| list.contains(&o)),
-        }
     }
 }
 
@@ -606,21 +490,9 @@ impl AuthRejection {
         &self.message
     }
 
-    /// The HTTP response the client gets.
-    pub fn into_response(self) -> Response<Body> {
-        let mut body = self.message.into_owned();
-        body.push('\n');
-        let mut res = Response::new(Full::new(Bytes::from(body)));
-        *res.status_mut() = self.status;
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some(c) = self.challenge {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
-        }
-        res
+    /// The `WWW-Authenticate` challenge sent with the response, if any.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        self.challenge
     }
 }
 
@@ -692,272 +564,6 @@ where
     }
 }
 
-// ---------------------------------------------------------------------------
-// Bearer tokens
-
-/// The built-in authenticator: static bearer tokens (and JWTs with the
-/// `jwt` feature), from the header, the `bearer` subprotocol or the query.
-///
-/// ```
-/// use nbio_ws::auth::{BearerAuth, BearerToken};
-///
-/// let auth = BearerAuth::new(BearerToken::parse_list(["alice:tok-a", "tok-b"]));
-/// let server = nbio_ws::Server::builder().authenticator(auth).build();
-/// assert!(server.is_ok());
-/// ```
-pub struct BearerAuth {
-    tokens: Vec<BearerToken>,
-    #[cfg(feature = "jwt")]
-    jwt: Option<JwtVerifier>,
-}
-
-impl fmt::Debug for BearerAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BearerAuth")
-            .field("tokens", &self.tokens.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl BearerAuth {
-    /// Accepts these tokens.
-    pub fn new(tokens: Vec<BearerToken>) -> Self {
-        BearerAuth {
-            tokens,
-            #[cfg(feature = "jwt")]
-            jwt: None,
-        }
-    }
-
-    /// Also accepts JWTs that `verifier` validates.
-    #[cfg(feature = "jwt")]
-    pub fn jwt(mut self, verifier: JwtVerifier) -> Self {
-        self.jwt = Some(verifier);
-        self
-    }
-
-    /// The identity of a token, checked in constant time against every
-    /// configured token (no early exit, so timing tells nothing about which
-    /// token nearly matched).
-    fn check_static(&self, token: &str) -> Option<&str> {
-        let presented = token.as_bytes();
-        let mut found: Option<&str> = None;
-        for t in &self.tokens {
-            let known = t.token.expose().as_bytes();
-            // Unequal lengths compare false at once: only the length of a
-            // configured token can leak, never its content.
-            let equal: bool = known.ct_eq(presented).into();
-            if equal && found.is_none() {
-                found = Some(&t.identity);
-            }
-        }
-        found
-    }
-
-    fn check(&self, token: &str) -> Option<String> {
-        if let Some(id) = self.check_static(token) {
-            return Some(id.to_owned());
-        }
-        #[cfg(feature = "jwt")]
-        if let Some(jwt) = &self.jwt {
-            return jwt.verify(token);
-        }
-        None
-    }
-}
-
-impl Authenticator for BearerAuth {
-    fn authenticate<'a>(&'a self, req: &'a AuthRequest) -> AuthFuture<'a> {
-        let outcome = match req.bearer_token() {
-            None => Err(AuthRejection::unauthorized("authentication required")),
-            Some((token, source)) => match self.check(&token) {
-                None => Err(AuthRejection::invalid_token()),
-                Some(id) => {
-                    let ok = Authenticated::identity(id);
-                    Ok(if source == TokenSource::Subprotocol {
-                        ok.with_subprotocol("bearer")
-                    } else {
-                        ok
-                    })
-                }
-            },
-        };
-        Box::pin(std::future::ready(outcome))
-    }
-}
-
-// ---------------------------------------------------------------------------
-// JWT
-
-/// Validates JSON Web Tokens (HS256 and RS256): `exp` (required) and `nbf`
-/// with 60 s leeway, `aud` and `iss` when configured; `sub` (required)
-/// becomes the identity. Only with the `jwt` cargo feature.
-///
-/// ```
-/// use nbio_ws::auth::{BearerAuth, JwtVerifier};
-///
-/// let jwt = JwtVerifier::hs256(b"a long random secret")?.audience(["chat"]);
-/// let auth = BearerAuth::new(Vec::new()).jwt(jwt);
-/// let _ = nbio_ws::Server::builder().authenticator(auth).build();
-/// # Ok::<(), String>(())
-/// ```
-#[cfg(feature = "jwt")]
-pub struct JwtVerifier {
-    hs256: Option<jsonwebtoken::DecodingKey>,
-    rs256: Option<jsonwebtoken::DecodingKey>,
-    audience: Vec<String>,
-    issuer: Option<String>,
-}
-
-#[cfg(feature = "jwt")]
-impl fmt::Debug for JwtVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("hs256", &self.hs256.is_some())
-            .field("rs256", &self.rs256.is_some())
-            .field("audience", &self.audience)
-            .field("issuer", &self.issuer)
-            .finish()
-    }
-}
-
-#[cfg(feature = "jwt")]
-impl JwtVerifier {
-    fn empty() -> Self {
-        JwtVerifier {
-            hs256: None,
-            rs256: None,
-            audience: Vec::new(),
-            issuer: None,
-        }
-    }
-
-    /// Accepts HS256 tokens signed with `secret` (not empty).
-    pub fn hs256(secret: &[u8]) -> Result<Self, String> {
-        Self::empty().with_hs256(secret)
-    }
-
-    /// Accepts RS256 tokens signed by the key whose public half is in
-    /// `pem` (`-----BEGIN PUBLIC KEY-----` or `BEGIN RSA PUBLIC KEY`).
-    pub fn rs256_pem(pem: &[u8]) -> Result<Self, String> {
-        Self::empty().with_rs256_pem(pem)
-    }
-
-    /// Also accepts HS256 tokens signed with `secret` (not empty).
-    pub fn with_hs256(mut self, secret: &[u8]) -> Result<Self, String> {
-        let key = jsonwebtoken::DecodingKey::from_secret(secret)
-            .map_err(|e| format!("unusable HS256 secret: {e}"))?;
-        self.hs256 = Some(key);
-        Ok(self)
-    }
-
-    /// Also accepts RS256 tokens signed by the key in `pem`.
-    pub fn with_rs256_pem(mut self, pem: &[u8]) -> Result<Self, String> {
-        let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem)
-            .map_err(|e| format!("not an RSA public key in PEM: {e}"))?;
-        self.rs256 = Some(key);
-        Ok(self)
-    }
-
-    /// Requires `aud` to name one of these (none: `aud` is not checked).
-    pub fn audience<S: Into<String>>(mut self, aud: impl IntoIterator<Item = S>) -> Self {
-        self.audience = aud.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Requires `iss` to be this.
-    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
-        self.issuer = Some(iss.into());
-        self
-    }
-
-    fn has_keys(&self) -> bool {
-        self.hs256.is_some() || self.rs256.is_some()
-    }
-
-    /// The token's `sub`, if the token is valid.
-    pub fn verify(&self, token: &str) -> Option<String> {
-        use jsonwebtoken::{Algorithm, Validation};
-        #[derive(serde::Deserialize)]
-        struct Claims {
-            sub: String,
-        }
-        let header = jsonwebtoken::decode_header(token).ok()?;
-        // The key is picked by the algorithm, and the validation allows only
-        // that algorithm: an HS256 token "signed" with the public key is
-        // refused.
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref()?,
-            Algorithm::RS256 => self.rs256.as_ref()?,
-            _ => return None,
-        };
-        let mut v = Validation::new(header.alg);
-        // A configured audience or issuer must be present, not merely
-        // right when present.
-        let mut required = vec!["exp", "sub"];
-        if !self.audience.is_empty() {
-            required.push("aud");
-        }
-        if self.issuer.is_some() {
-            required.push("iss");
-        }
-        v.set_required_spec_claims(&required);
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.leeway = 60;
-        if self.audience.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.audience);
-        }
-        if let Some(iss) = &self.issuer {
-            v.set_issuer(&[iss]);
-        }
-        match jsonwebtoken::decode::<Claims>(token, key, &v) {
-            Ok(data) if !data.claims.sub.is_empty() => Some(data.claims.sub),
-            Ok(_) => None,
-            Err(e) => {
-                // The error kind only: never the token.
-                tracing::debug!(error = ?e.kind(), "JWT refused");
-                None
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Builder
-
-impl crate::ServerBuilder {
-    /// Authenticates every upgrade request with `authenticator` (replacing
-    /// the built-in bearer token check of `WS_AUTH_ENABLED`). See
-    /// [`auth`](crate::auth).
-    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
-        self.authenticator = Some(Arc::new(authenticator));
-        self
-    }
-
-    /// Turns authentication on with these bearer tokens (`name:token` or
-    /// a bare token), like `WS_AUTH_ENABLED=true` and `WS_BEARER_TOKENS`.
-    pub fn bearer_tokens<'a>(mut self, tokens: impl IntoIterator<Item = &'a str>) -> Self {
-        self.config.auth.enabled = true;
-        self.config.auth.bearer_tokens = BearerToken::parse_list(tokens);
-        self
-    }
-
-    /// The origins allowed to connect (`WS_ALLOWED_ORIGINS`), e.g.
-    /// `["https://app.example.com"]`; `["*"]` allows all (the default).
-    /// An origin that does not parse makes [`build`](crate::ServerBuilder::build) fail.
-    pub fn allowed_origins<'a>(mut self, origins: impl IntoIterator<Item = &'a str>) -> Self {
-        let list: Vec<&str> = origins.into_iter().collect();
-        match AllowedOrigins::parse(&list.join(",")) {
-            Ok(o) => self.config.auth.allowed_origins = o,
-            Err(bad) => self.security_error = Some(format!("invalid allowed origin {bad:?}")),
-        }
-        self
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,61 +616,6 @@ mod tests {
         );
         assert_eq!(req("/ws?token=", &[]).bearer_token(), None);
         assert_eq!(req("/ws?token=%zz", &[]).bearer_token(), None);
-    }
-
-    #[tokio::test]
-    async fn bearer_auth_identities() {
-        let auth = BearerAuth::new(BearerToken::parse_list(["alice:aaa", "bbb", " "]));
-        let ok = auth
-            .authenticate(&req("/ws", &[("authorization", "Bearer aaa")]))
-            .await
-            .unwrap();
-        assert_eq!(ok.identity_str(), Some("alice"));
-        assert_eq!(ok.subprotocol, None);
-        let ok = auth
-            .authenticate(&req("/ws", &[("sec-websocket-protocol", "bearer, bbb")]))
-            .await
-            .unwrap();
-        assert_eq!(ok.identity_str(), Some("token-2"));
-        assert_eq!(ok.subprotocol.as_deref(), Some("bearer"));
-        let no = auth.authenticate(&req("/ws", &[])).await.unwrap_err();
-        assert_eq!(no.status(), StatusCode::UNAUTHORIZED);
-        let res = auth
-            .authenticate(&req("/ws?token=aa", &[]))
-            .await
-            .unwrap_err()
-            .into_response();
-        assert_eq!(res.status(), 401);
-        assert_eq!(
-            res.headers()[header::WWW_AUTHENTICATE],
-            r#"Bearer realm="nbio-ws", error="invalid_token""#
-        );
-    }
-
-    #[test]
-    fn origins() {
-        let o = AllowedOrigins::parse("https://app.example.com, http://localhost:3000").unwrap();
-        assert!(o.allows(None));
-        assert!(o.allows(Some("https://app.example.com")));
-        assert!(o.allows(Some("HTTPS://App.Example.com:443")));
-        assert!(o.allows(Some("http://localhost:3000")));
-        assert!(!o.allows(Some("http://localhost:3001")));
-        assert!(!o.allows(Some("http://app.example.com")));
-        assert!(!o.allows(Some("https://app.example.com.evil.test")));
-        assert!(!o.allows(Some("null")));
-        assert!(AllowedOrigins::parse("*")
-            .unwrap()
-            .allows(Some("https://x")));
-        assert_eq!(
-            AllowedOrigins::parse("https://a/path").unwrap_err(),
-            "https://a/path"
-        );
-        assert_eq!(
-            AllowedOrigins::parse("example.com").unwrap_err(),
-            "example.com"
-        );
-        let v6 = AllowedOrigins::parse("http://[::1]:8080").unwrap();
-        assert!(v6.allows(Some("http://[::1]:8080")));
     }
 
     #[test]

@@ -52,78 +52,16 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::broker::envelope::{Entry as Wire, Presence, SnapshotMembers};
-use crate::broker::link::Link;
-use crate::client::{Client, ClientId, Outbound};
-use crate::hub::Hub;
+use super::client::{Client, Outbound};
+use super::Hub;
+use crate::cluster::envelope::{Entry as Wire, Presence, SnapshotMembers};
+use crate::cluster::presence::{Replica, Reply};
+use crate::cluster::Link;
 use crate::jsonrpc;
-use crate::presence::{Replica, Reply};
-
-/// A member of a room, as [`Hub::members`] reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Member {
-    /// The member's client id.
-    pub client: ClientId,
-    /// What the client joined with ([`Client::join_with`]); `null` for a
-    /// plain [`Client::join`].
-    pub meta: serde_json::Value,
-}
-
-/// A join or a leave.
-///
-/// Events of this instance's own clients (`remote: false`) are sent while
-/// the membership changes, in order; with a broker, those of other
-/// instances' clients (`remote: true`) follow as they are replicated here
-/// — including the `Left` of every member of an instance that went silent
-/// for the presence TTL.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum PresenceEvent {
-    /// A client joined a room.
-    Joined {
-        /// The room.
-        room: String,
-        /// Who joined.
-        member: Member,
-        /// Whether the client is connected to another instance.
-        remote: bool,
-    },
-    /// A client left a room (or disconnected while in it).
-    Left {
-        /// The room.
-        room: String,
-        /// Who left.
-        member: Member,
-        /// Whether the client is (or was) connected to another instance.
-        remote: bool,
-    },
-}
-
-impl PresenceEvent {
-    /// The room.
-    pub fn room(&self) -> &str {
-        match self {
-            PresenceEvent::Joined { room, .. } | PresenceEvent::Left { room, .. } => room,
-        }
-    }
-
-    /// Who joined or left.
-    pub fn member(&self) -> &Member {
-        match self {
-            PresenceEvent::Joined { member, .. } | PresenceEvent::Left { member, .. } => member,
-        }
-    }
-
-    /// Whether the member is on another instance.
-    pub fn is_remote(&self) -> bool {
-        match self {
-            PresenceEvent::Joined { remote, .. } | PresenceEvent::Left { remote, .. } => *remote,
-        }
-    }
-}
+use crate::types::{ClientId, Member, PresenceEvent};
 
 struct Entry {
     client: Client,
@@ -324,16 +262,17 @@ impl Rooms {
     /// Calls `f` with the current presence version while no membership
     /// can change (so that a heartbeat is queued in order with the
     /// changes).
-    pub(crate) fn with_version(&self, f: impl FnOnce(u64)) {
+    pub(crate) fn with_version(&self, f: &mut dyn FnMut(u64)) {
         f(*self.lock())
     }
 
-    /// Subscribes the link to every room that has local members.
-    pub(crate) fn subscribe_all(&self, link: &Link) {
+    /// Calls `f` for every room that has local members, while no
+    /// membership can change.
+    pub(crate) fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>)) {
         let _version = self.lock();
         let names: Vec<Arc<str>> = self.rooms.iter().map(|e| Arc::clone(e.key())).collect();
-        for name in names {
-            link.room_subscribe(&name);
+        for name in &names {
+            f(name);
         }
     }
 
@@ -344,7 +283,7 @@ impl Rooms {
     pub(crate) fn snapshot(
         &self,
         part_bytes: usize,
-        mut part: impl FnMut(u64, SnapshotMembers, u32, u32),
+        part: &mut dyn FnMut(u64, SnapshotMembers, u32, u32),
     ) {
         let version = self.lock();
         let mut parts = vec![Vec::new()];

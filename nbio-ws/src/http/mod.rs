@@ -15,8 +15,13 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Shared};
+pub(crate) mod gate;
+
+pub use gate::SecurityStats;
+
 use crate::hub::Hub;
+use crate::ws::conn::{self, Shared};
+use gate::Gate;
 
 /// The response body type used by nbio-ws.
 pub type Body = Full<Bytes>;
@@ -43,6 +48,8 @@ pub type Body = Full<Bytes>;
 #[derive(Clone)]
 pub struct WsEndpoint {
     pub(crate) shared: Arc<Shared>,
+    /// Origin, caps, authentication and rate-limit settings.
+    pub(crate) gate: Arc<Gate>,
     pub(crate) path: Arc<str>,
     pub(crate) tracker: TaskTracker,
     /// Static pages served with GET, by path.
@@ -114,7 +121,7 @@ impl WsEndpoint {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
         }
-        let admitted = match self.shared.gate.admit(&mut req, remote).await {
+        let admitted = match self.gate.admit(&mut req, remote).await {
             Ok(a) => a,
             Err(refusal) => return refusal,
         };
@@ -137,12 +144,13 @@ impl WsEndpoint {
             }
         };
         let shared = Arc::clone(&self.shared);
-        self.tracker.spawn(connection::run(
+        self.tracker.spawn(conn::run(
             fut,
             shared,
             admitted.remote,
             admitted.identity,
             admitted.slot,
+            self.gate.rate_limiter(),
         ));
         let (mut parts, _) = res.into_parts();
         if let Some(protocol) = admitted.subprotocol {
@@ -241,7 +249,7 @@ impl WsEndpoint {
             "Rooms with at least one member on this instance.",
             hub.room_count(),
         );
-        if let (Some(b), Some(link)) = (hub.broker_health(), hub.link()) {
+        if let (Some(b), Some(subscriptions)) = (hub.broker_health(), hub.room_subscriptions()) {
             gauge(
                 "nbio_ws_broker_connected",
                 &format!(
@@ -253,20 +261,20 @@ impl WsEndpoint {
             gauge(
                 "nbio_ws_broker_room_subscriptions",
                 "Room channels this instance is subscribed to.",
-                link.room_subscriptions(),
+                subscriptions,
             );
             gauge(
                 "nbio_ws_presence_remote_instances",
                 "Other instances whose room members are replicated here.",
-                hub.0.rooms.remote_instances(),
+                hub.remote_instances(),
             );
             gauge(
                 "nbio_ws_presence_remote_members",
                 "Room memberships of other instances replicated here.",
-                hub.0.rooms.remote_members(),
+                hub.remote_members(),
             );
         }
-        body.push_str(&self.shared.gate.stats().render());
+        body.push_str(&self.gate.stats().render());
         let mut res = Response::new(Full::new(Bytes::from(body)));
         res.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -5,9 +5,10 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 
-use crate::client::{Client, OutRx};
-use crate::connection::{close_event, Assembler, Mode, RawMessage};
-use crate::frame::{FrameReader, InFrame, OpCode, Violation};
+use crate::hub::{Client, OutRx};
+use crate::ws::conn::Mode;
+use crate::ws::message::{close_event, Assembler, RawMessage};
+use crate::ws::frame::{FrameReader, InFrame, OpCode, Violation};
 use crate::jsonrpc::{self, Message, Parsed};
 use crate::{Params, RpcError, Server};
 
@@ -250,8 +251,8 @@ pub fn frames(data: &[u8]) {
 /// encodes back to the same entries, and applying its presence entries to
 /// a replica (from a fresh one, then again as a repeat) never panics.
 pub fn envelope(data: &[u8]) {
-    use crate::broker::envelope::{self, Entry};
-    use crate::presence::Replica;
+    use crate::cluster::envelope::{self, Entry};
+    use crate::cluster::presence::Replica;
 
     let Ok(env) = envelope::decode(Bytes::copy_from_slice(data)) else {
         return;

@@ -1,7 +1,9 @@
 //! The checks an upgrade request passes before it becomes a WebSocket, in
 //! this order (cheapest first): origin (403), global connection cap (503),
 //! per-address cap (429), authentication (401 or what the authenticator
-//! says). See [`auth`](crate::auth) and [`limits`](crate::limits).
+//! says). See [`auth`](crate::auth) and [`limits`](crate::limits). The
+//! HTTP rendering of every refusal lives here; the policy modules decide,
+//! this module answers.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -15,9 +17,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
-use crate::auth::{redacted_target, AllowedOrigins, AuthRequest, Authenticator};
+use super::{Body, WsEndpoint};
+use crate::auth::{redacted_target, AllowedOrigins, AuthRejection, AuthRequest, Authenticator};
 use crate::config::Config;
-use crate::http::{Body, WsEndpoint};
 use crate::limits::{
     CapExceeded, Caps, ConnectionSlot, LiveCount, RateLimit, RateLimiter, TrustedProxies,
 };
@@ -192,7 +194,7 @@ impl Gate {
                     Ok(Ok(Err(rejection))) => {
                         self.metrics.incr("auth_failures");
                         refused(rejection.status(), rejection.message(), &uri);
-                        return Err(rejection.into_response());
+                        return Err(rejection_response(rejection));
                     }
                     Ok(Err(_panic)) => {
                         tracing::error!(%remote, "authenticator panicked");
@@ -256,6 +258,24 @@ fn text(
     res
 }
 
+/// The HTTP response a client refused by its authenticator gets: the
+/// rejection's status and message, and its `WWW-Authenticate` challenge.
+pub(crate) fn rejection_response(rejection: AuthRejection) -> Response<Body> {
+    let mut body = rejection.message().to_owned();
+    body.push('\n');
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = rejection.status();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(c) = rejection.www_authenticate() {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+    }
+    res
+}
+
 /// How much per-client state the security layer holds now: every count
 /// returns to zero when every client has gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +313,24 @@ impl WsEndpoint {
     /// How much per-client state the security layer (connection caps, rate
     /// limiters, handshakes in progress) holds now.
     pub fn security_stats(&self) -> SecurityStats {
-        self.shared.gate.stats()
+        self.gate.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_render_status_and_challenge() {
+        let res = rejection_response(AuthRejection::invalid_token());
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="nbio-ws", error="invalid_token""#
+        );
+        let res = rejection_response(AuthRejection::forbidden("no"));
+        assert_eq!(res.status(), 403);
+        assert!(res.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 }

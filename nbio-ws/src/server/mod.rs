@@ -1,0 +1,278 @@
+//! [`Server`] and [`ServerBuilder`]: configuration, the accept loop and
+//! graceful shutdown.
+//!
+//! Shutdown, whether from [`shutdown_signal`] (SIGINT/SIGTERM) or a future
+//! of your own, goes in this order: stop accepting; close every client with
+//! 1001 after writing what is already queued for it (each bounded by the
+//! shutdown timeout); wait for the connections to end, at most the shutdown
+//! timeout; return `Ok(())`.
+
+mod builder;
+
+pub use builder::{BuildError, ServerBuilder};
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::WsEndpoint;
+use crate::hub::Hub;
+use crate::ws::conn::Mode;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A configured server, ready to serve.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = nbio_ws::Config::from_env()?;
+/// nbio_ws::Server::builder().config(cfg).build()?.serve().await?;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    endpoint: WsEndpoint,
+    config: Config,
+    tls: crate::tls::Tls,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("bind", &self.config.bind_addr())
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder with the default settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    /// The hub of connected clients.
+    pub fn hub(&self) -> &Hub {
+        self.endpoint.hub()
+    }
+
+    /// The settings the server was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The names of the JSON-RPC methods served, sorted (empty in raw mode).
+    pub fn method_names(&self) -> Vec<&str> {
+        match &self.endpoint.shared.mode {
+            Mode::Rpc(r) => r.method_names(),
+            Mode::Raw(_) => Vec::new(),
+        }
+    }
+
+    #[cfg(feature = "internal-hooks")]
+    pub(crate) fn endpoint_ref(&self) -> &WsEndpoint {
+        &self.endpoint
+    }
+
+    /// The WebSocket endpoint, to mount inside another hyper or axum
+    /// application instead of calling `serve`.
+    pub fn endpoint(&self) -> WsEndpoint {
+        self.endpoint.clone()
+    }
+
+    /// Binds the configured address and serves until SIGINT or SIGTERM,
+    /// then shuts down gracefully.
+    pub async fn serve(self) -> Result<(), ServeError> {
+        self.serve_with_shutdown(shutdown_signal()).await
+    }
+
+    /// Binds the configured address and serves until `shutdown` completes,
+    /// then shuts down gracefully.
+    pub async fn serve_with_shutdown(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let addr = self.config.bind_addr();
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        self.serve_listener(listener, shutdown).await
+    }
+
+    /// Serves on a listener you bound yourself (for example on port 0 in
+    /// tests) until `shutdown` completes.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// println!("listening on {}", listener.local_addr()?);
+    /// let server = nbio_ws::Server::builder().build()?;
+    /// server.serve_listener(listener, nbio_ws::shutdown_signal()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_listener(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, path = %self.config.path, tls = self.tls.enabled(), "listening");
+        }
+        self.hub().start_broker();
+        // HTTP connections not (yet) upgraded: told to finish on shutdown.
+        let http_stop = tokio_util::sync::CancellationToken::new();
+        let http_tasks = TaskTracker::new();
+        let mut http = http1::Builder::new();
+        let limits = &self.config.limits;
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.handshake_timeout)
+            .max_buf_size(limits.max_header_size.max(crate::limits::MIN_HEADER_SIZE))
+            .keep_alive(true);
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, remote) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors or a reset before accept:
+                            // back off briefly instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    // A permit per connection not yet upgraded (see `limits`).
+                    let permit = match &self.endpoint.gate.pending {
+                        None => None,
+                        Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                self.hub().metrics().incr("pending_handshake_rejections");
+                                tracing::debug!(%remote, "too many handshakes in progress: refused");
+                                http_tasks.spawn(crate::limits::refuse_busy(stream));
+                                continue;
+                            }
+                        },
+                    };
+                    let endpoint = self.endpoint.clone();
+                    let http = http.clone();
+                    let tls = self.tls.clone();
+                    let stop = http_stop.clone();
+                    http_tasks.spawn(async move {
+                        // Released when the connection is upgraded or closed.
+                        let _permit = permit;
+                        let io = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(io)) => io,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let service = service_fn(move |req| {
+                            let endpoint = endpoint.clone();
+                            async move { Ok::<_, Infallible>(endpoint.handle(req, remote).await) }
+                        });
+                        let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+                        tokio::pin!(conn);
+                        let result = tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = stop.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(%remote, error = %e, "http connection error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        http_stop.cancel();
+        http_tasks.close();
+        self.shutdown(http_tasks).await;
+        Ok(())
+    }
+
+    async fn shutdown(&self, http_tasks: TaskTracker) {
+        let timeout = self.config.shutdown_timeout;
+        tracing::info!(clients = self.hub().len(), "shutting down");
+        self.endpoint
+            .shared
+            .shutting_down
+            .store(true, Ordering::Release);
+        self.hub().close_all(1001, "server shutting down");
+        self.endpoint.tracker.close();
+        let wait = async {
+            tokio::join!(http_tasks.wait(), self.endpoint.tracker.wait());
+        };
+        // Queues drain within `timeout`; the close handshake gets a little more.
+        if tokio::time::timeout(timeout + Duration::from_secs(1), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                clients = self.hub().len(),
+                "shutdown timeout: dropping remaining connections"
+            );
+        }
+        self.hub().stop_broker().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
