@@ -234,19 +234,6 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 /// Parses one text message into a request, a batch or an error.
-///
-/// ```
-/// use nbio_ws::jsonrpc::{parse, Message, Parsed};
-///
-/// let msg = parse(r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"hi"},"id":7}"#);
-/// match msg {
-///     Message::Single(Parsed::Request(req)) => {
-///         assert_eq!(req.method, "self.reply");
-///         assert_eq!(req.id.unwrap().as_json(), "7");
-///     }
-///     other => panic!("unexpected {other:?}"),
-/// }
-/// ```
 pub fn parse(text: &str) -> Message<'_> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -422,11 +409,6 @@ pub fn encode_batch(parts: &[Bytes]) -> Bytes {
 }
 
 /// Encodes a notification: `{"jsonrpc":"2.0","method":...,"params":...}`.
-///
-/// ```
-/// let bytes = nbio_ws::jsonrpc::encode_notification("broadcast", &serde_json::json!({"text": "hi"})).unwrap();
-/// assert_eq!(&bytes[..], br#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"hi"}}"#);
-/// ```
 pub fn encode_notification<P: Serialize + ?Sized>(
     method: &str,
     params: &P,
@@ -465,6 +447,28 @@ pub fn deserialize_params<T: de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_a_single_request() {
+        let msg = parse(r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"hi"},"id":7}"#);
+        match msg {
+            Message::Single(Parsed::Request(req)) => {
+                assert_eq!(req.method, "self.reply");
+                assert_eq!(req.id.unwrap().as_json(), "7");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encodes_a_notification() {
+        let bytes =
+            encode_notification("broadcast", &serde_json::json!({"text": "hi"})).unwrap();
+        assert_eq!(
+            &bytes[..],
+            br#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"hi"}}"#
+        );
+    }
 
     fn single(text: &str) -> Parsed<'_> {
         match parse(text) {

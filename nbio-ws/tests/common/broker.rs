@@ -58,7 +58,7 @@ impl Backend {
     /// The pub/sub configuration of an instance on this broker.
     pub fn pubsub(&self, channel: &str) -> PubSubConfig {
         match self.kind {
-            Kind::Local => PubSubConfig::new(nbio_ws::broker::Adapter::Local).channel(channel),
+            Kind::Local => PubSubConfig::new("local").channel(channel),
             Kind::Redis => PubSubConfig::redis(self.url()).channel(channel),
             Kind::Nats => PubSubConfig::nats(self.url()).channel(channel),
         }

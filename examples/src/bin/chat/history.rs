@@ -42,8 +42,8 @@ impl History {
     pub(crate) fn from_config(config: &nbio_ws::Config) -> Result<History, String> {
         let pubsub = &config.pubsub;
         #[cfg(feature = "redis")]
-        if pubsub.enabled && pubsub.adapter == nbio_ws::broker::Adapter::Redis {
-            let store = redis_history::RedisHistory::start(&pubsub.redis_url, &pubsub.channel)?;
+        if pubsub.enabled && pubsub.adapter == "redis" {
+            let store = redis_history::RedisHistory::start(pubsub.url(), &pubsub.channel)?;
             tracing::info!(
                 url = %store.url(),
                 key = %store.key("{room}"),
