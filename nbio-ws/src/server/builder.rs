@@ -622,3 +622,57 @@ impl ServerBuilder {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_env() -> Config {
+        Config::from_lookup(|k| match k {
+            "WS_PORT" => Some("9001".into()),
+            "WS_SEND_BUFFER" => Some("32".into()),
+            "WS_ALLOWED_ORIGINS" => Some("https://a.example".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn setters_and_config_compose_in_any_order() {
+        let before = Server::builder()
+            .rate_limit(7, Duration::from_secs(1), 3)
+            .path("/socket")
+            .config(from_env())
+            .effective_config();
+        let after = Server::builder()
+            .config(from_env())
+            .rate_limit(7, Duration::from_secs(1), 3)
+            .path("/socket")
+            .effective_config();
+        assert_eq!(before, after);
+        // The setters win over the base...
+        assert!(before.limits.rate_limit.enabled);
+        assert_eq!(before.limits.rate_limit.rate, 7);
+        assert_eq!(before.path, "/socket");
+        // ...and the base keeps everything the setters did not touch.
+        assert_eq!(before.port, 9001);
+        assert_eq!(before.send_buffer, 32);
+        assert!(!before.auth.allowed_origins.is_any());
+        // A later base replaces an earlier one; a later setter value wins.
+        let cfg = Server::builder()
+            .config(Config::default())
+            .send_buffer(5)
+            .config(from_env())
+            .send_buffer(6)
+            .effective_config();
+        assert_eq!((cfg.port, cfg.send_buffer), (9001, 6));
+        // What `build` uses is the same.
+        let server = Server::builder()
+            .max_connections(3)
+            .config(from_env())
+            .build()
+            .unwrap();
+        assert_eq!(server.config().limits.max_connections, 3);
+        assert_eq!(server.config().port, 9001);
+    }
+}
