@@ -1,63 +1,11 @@
-//! [`Config`]: server settings, and [`Config::from_env`] for the `WS_*`
-//! environment variables (the same names as the Go server nbio-ws grew
-//! from, so its deployments move over unchanged).
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `WS_HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` for all interfaces) |
-//! | `WS_PORT` | `8080` | TCP port |
-//! | `WS_PATH` | `/ws` | path of the WebSocket endpoint |
-//! | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages |
-//! | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
-//! | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
-//! | `WS_MAX_MESSAGE_SIZE` | `1048576` | largest message accepted, in bytes (after reassembly) |
-//! | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for queues to drain |
-//! | `WS_LOG_LEVEL` | `info` | `trace`, `debug`, `info`, `warn`, `error`, or a `tracing` filter |
-//! | `WS_LOG_FORMAT` | `text` | `text` or `json` |
-//! | `WS_PUBSUB_ENABLED` | `false` | use a broker to reach the clients of other instances |
-//! | `WS_PUBSUB_ADAPTER` | `local` | `local`, `redis` (feature `redis`) or `nats` (feature `nats`) |
-//! | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | the Redis of the `redis` adapter |
-//! | `WS_NATS_URL` | `nats://127.0.0.1:4222` | the NATS server(s) of the `nats` adapter |
-//! | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel/subject the instances share |
-//! | `WS_PRESENCE_TTL` | `15s` | room members of an instance silent this long are dropped (crash healing) |
-//!
-//! See [`broker`](crate::broker) for what the pub/sub settings do.
-//!
-//! Security (see [`auth`](crate::auth), [`limits`](crate::limits),
-//! [`tls`](crate::tls) for the details and what a refused client sees):
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `WS_AUTH_ENABLED` | `false` | require a bearer token before the upgrade (401 without) |
-//! | `WS_BEARER_TOKENS` | — | accepted tokens, comma-separated; `name:token` names the identity |
-//! | `WS_JWT_SECRET` | — | HS256 secret for JWTs (feature `jwt`) |
-//! | `WS_JWT_PUBLIC_KEY` | — | PEM file of the RS256 public key for JWTs (feature `jwt`) |
-//! | `WS_JWT_AUDIENCE` | — | accepted JWT audiences, comma-separated |
-//! | `WS_JWT_ISSUER` | — | required JWT issuer |
-//! | `WS_ALLOWED_ORIGINS` | `*` | origins allowed to connect (403 otherwise); no `Origin` is allowed |
-//! | `WS_RATE_LIMIT_ENABLED` | `false` | per-connection token bucket |
-//! | `WS_RATE_LIMIT_RATE` | `100` | requests per interval |
-//! | `WS_RATE_LIMIT_INTERVAL` | `1m` | refill interval |
-//! | `WS_RATE_LIMIT_BURST` | `10` | bucket size |
-//! | `WS_RATE_LIMIT_CLOSE_AFTER` | `50` | limited requests in a row before close 1008 (0: never) |
-//! | `WS_MAX_CONNECTIONS` | `0` (none) | connections at once (503 past it) |
-//! | `WS_MAX_CONNECTIONS_PER_IP` | `0` (none) | connections per address (429 past it) |
-//! | `WS_TRUSTED_PROXIES` | — | IPs/CIDRs whose `X-Forwarded-For` is believed |
-//! | `WS_HANDSHAKE_TIMEOUT` | `10s` | time allowed for the request headers (and TLS) |
-//! | `WS_MAX_HEADER_SIZE` | `32KiB` | largest request head (431 past it; at least 8KiB) |
-//! | `WS_MAX_PENDING_HANDSHAKES` | `1024` | connections not yet upgraded (503 past it; 0: none) |
-//! | `WS_TLS_ENABLED` | `false` | serve TLS (feature `tls`) |
-//! | `WS_TLS_CERT` / `WS_TLS_KEY` | — | PEM certificate chain / private key |
-//!
-//! Durations are written `500ms`, `10s`, `1m`, `1h` (a bare number is
-//! seconds). Sizes accept a plain byte count or a `KiB`/`MiB` suffix.
-//! Booleans are `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. An invalid
-//! value stops startup with an error that names the variable and the value.
+//! [`Config`]: the settings of a server, composed of each concern's own
+//! settings (`pubsub`, `auth`, `limits`, `tls`), with the `WS_*` variables
+//! they read.
 
 use std::time::Duration;
 
-use crate::env::{parse_duration, parse_size, Env};
 use crate::env::ConfigError;
+use crate::env::{parse_duration, parse_size, Env};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +16,64 @@ pub enum LogFormat {
     Json,
 }
 
-
-/// Server settings. Build one with [`Config::default`] and change fields,
-/// or read the `WS_*` variables with [`Config::from_env`].
+/// Server settings, and [`Config::from_env`] for the `WS_*`
+/// environment variables (the same names as the Go server nbio-ws grew
+/// from, so its deployments move over unchanged).
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `WS_HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` for all interfaces) |
+/// | `WS_PORT` | `8080` | TCP port |
+/// | `WS_PATH` | `/ws` | path of the WebSocket endpoint |
+/// | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages |
+/// | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
+/// | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
+/// | `WS_MAX_MESSAGE_SIZE` | `1048576` | largest message accepted, in bytes (after reassembly) |
+/// | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for queues to drain |
+/// | `WS_LOG_LEVEL` | `info` | `trace`, `debug`, `info`, `warn`, `error`, or a `tracing` filter |
+/// | `WS_LOG_FORMAT` | `text` | `text` or `json` |
+/// | `WS_PUBSUB_ENABLED` | `false` | use a broker to reach the clients of other instances |
+/// | `WS_PUBSUB_ADAPTER` | `local` | `local`, `redis` (feature `redis`) or `nats` (feature `nats`) |
+/// | `WS_REDIS_URL` | `redis://127.0.0.1:6379/0` | the Redis of the `redis` adapter |
+/// | `WS_NATS_URL` | `nats://127.0.0.1:4222` | the NATS server(s) of the `nats` adapter |
+/// | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel/subject the instances share |
+/// | `WS_PRESENCE_TTL` | `15s` | room members of an instance silent this long are dropped (crash healing) |
+///
+/// See [`broker`](crate::broker) for what the pub/sub settings do.
+///
+/// Security (see [`auth`](crate::auth), [`limits`](crate::limits),
+/// [`tls`](crate::tls) for the details and what a refused client sees):
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `WS_AUTH_ENABLED` | `false` | require a bearer token before the upgrade (401 without) |
+/// | `WS_BEARER_TOKENS` | — | accepted tokens, comma-separated; `name:token` names the identity |
+/// | `WS_JWT_SECRET` | — | HS256 secret for JWTs (feature `jwt`) |
+/// | `WS_JWT_PUBLIC_KEY` | — | PEM file of the RS256 public key for JWTs (feature `jwt`) |
+/// | `WS_JWT_AUDIENCE` | — | accepted JWT audiences, comma-separated |
+/// | `WS_JWT_ISSUER` | — | required JWT issuer |
+/// | `WS_ALLOWED_ORIGINS` | `*` | origins allowed to connect (403 otherwise); no `Origin` is allowed |
+/// | `WS_RATE_LIMIT_ENABLED` | `false` | per-connection token bucket |
+/// | `WS_RATE_LIMIT_RATE` | `100` | requests per interval |
+/// | `WS_RATE_LIMIT_INTERVAL` | `1m` | refill interval |
+/// | `WS_RATE_LIMIT_BURST` | `10` | bucket size |
+/// | `WS_RATE_LIMIT_CLOSE_AFTER` | `50` | limited requests in a row before close 1008 (0: never) |
+/// | `WS_MAX_CONNECTIONS` | `0` (none) | connections at once (503 past it) |
+/// | `WS_MAX_CONNECTIONS_PER_IP` | `0` (none) | connections per address (429 past it) |
+/// | `WS_TRUSTED_PROXIES` | — | IPs/CIDRs whose `X-Forwarded-For` is believed |
+/// | `WS_HANDSHAKE_TIMEOUT` | `10s` | time allowed for the request headers (and TLS) |
+/// | `WS_MAX_HEADER_SIZE` | `32KiB` | largest request head (431 past it; at least 8KiB) |
+/// | `WS_MAX_PENDING_HANDSHAKES` | `1024` | connections not yet upgraded (503 past it; 0: none) |
+/// | `WS_TLS_ENABLED` | `false` | serve TLS (feature `tls`) |
+/// | `WS_TLS_CERT` / `WS_TLS_KEY` | — | PEM certificate chain / private key |
+///
+/// Durations are written `500ms`, `10s`, `1m`, `1h` (a bare number is
+/// seconds). Sizes accept a plain byte count or a `KiB`/`MiB` suffix.
+/// Booleans are `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. An invalid
+/// value stops startup with an error that names the variable and the value.
+///
+/// Build one with [`Config::default`] and change fields, or read the
+/// `WS_*` variables with [`Config::from_env`].
 ///
 /// ```
 /// let cfg = nbio_ws::Config::from_lookup(|k| match k {

@@ -150,7 +150,6 @@ pub(crate) fn parse_size(v: &str) -> Option<usize> {
     num.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! Hooks for the criterion benches in `benches/`: drive the router and the
 //! hub without sockets. Not a public API.
 
-
 use crate::hub::{Client, OutRx};
 use crate::ws::conn::Mode;
 use crate::{Hub, ServerBuilder};

@@ -6,10 +6,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 
 use crate::hub::{Client, OutRx};
-use crate::ws::conn::Mode;
-use crate::ws::message::{close_event, Assembler, RawMessage};
-use crate::ws::frame::{FrameReader, InFrame, OpCode, Violation};
 use crate::jsonrpc::{self, Message, Parsed};
+use crate::ws::conn::Mode;
+use crate::ws::frame::{FrameReader, InFrame, OpCode, Violation};
+use crate::ws::message::{close_event, Assembler, RawMessage};
 use crate::{Params, RpcError, Server};
 
 fn assert_json(bytes: &[u8]) {

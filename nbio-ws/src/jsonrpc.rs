@@ -462,8 +462,7 @@ mod tests {
 
     #[test]
     fn encodes_a_notification() {
-        let bytes =
-            encode_notification("broadcast", &serde_json::json!({"text": "hi"})).unwrap();
+        let bytes = encode_notification("broadcast", &serde_json::json!({"text": "hi"})).unwrap();
         assert_eq!(
             &bytes[..],
             br#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"hi"}}"#

@@ -68,6 +68,71 @@
 //! connection's rate limit, with `data.retry_after_ms`; see [`limits`]).
 //! The connection stays open after each of them. Requests of one connection may run concurrently;
 //! each response carries its request's id, echoed exactly.
+//!
+//! ## Rooms and presence
+//!
+//! Rooms are named groups of clients: fan-out to a room, and who is in it —
+//! on this instance and, with a broker, on all of them.
+//!
+//! ```
+//! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) {
+//! use serde_json::json;
+//!
+//! client.join_with("lobby", json!({"nick": "ada"}));
+//! // Everyone in the lobby but the sender, serialized once:
+//! hub.to("lobby").except(client.id()).notify("chat.message", &json!({"text": "hi"})).ok();
+//! let members = hub.members("lobby").await;
+//! assert!(members.iter().any(|m| m.client == client.id()));
+//! client.leave("lobby");
+//! # }
+//! ```
+//!
+//! Membership lives on the instance the client is connected to and is
+//! dropped when the client disconnects; every join and leave (including
+//! those caused by a disconnect) is published as a [`PresenceEvent`] on
+//! [`Hub::presence_events`]. Each member carries the JSON `meta` it joined
+//! with (a nickname, a user id), which is what [`Hub::members`] reports.
+//!
+//! ### Across instances
+//!
+//! With a [`broker`], rooms span every instance that shares
+//! it:
+//!
+//! - **Messages.** [`Hub::to`] delivers to the local members at once and
+//!   publishes the message (serialized once) on the room's own channel,
+//!   `{WS_PUBSUB_CHANNEL}.room.{room}`. An instance subscribes to that
+//!   channel when the room's first local member joins and unsubscribes when
+//!   the last one leaves, so it receives traffic only for rooms it has
+//!   members in — one Redis `SUBSCRIBE` (on one shared connection) or one
+//!   NATS subscription per such room, not a firehose.
+//!   [`Hub::room_ready`] waits until the subscription is confirmed.
+//! - **Presence.** Joins and leaves are replicated to every instance on
+//!   `{WS_PUBSUB_CHANNEL}.presence` (small entries: room, client id, meta),
+//!   with heartbeats and snapshots so that it heals after lost messages and
+//!   after an instance crashes (its members expire after the presence TTL,
+//!   15 s by default, `WS_PRESENCE_TTL`). So [`Hub::members`] lists the
+//!   members of every instance, answered from memory, and
+//!   [`Hub::presence_events`] reports remote joins and leaves (and
+//!   expiries) too. The model is eventual consistency; see
+//!   [`broker`](crate::broker#presence-across-instances) for the protocol
+//!   and its timings.
+//!
+//! ## Close codes
+//!
+//! The connection enforces the protocol and the limits with these close
+//! codes:
+//!
+//! | condition | answer |
+//! |---|---|
+//! | a message over the size limit, counting every fragment | close 1009 |
+//! | a control frame over 125 bytes (close frames included) | close 1002 |
+//! | a malformed close frame or an invalid close code | close 1002 |
+//! | an unmasked frame, reserved bits or opcodes | close 1002 |
+//! | invalid UTF-8 in a text message or a close reason | close 1007 |
+//! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
+//! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
+//! | outbound queue full (slow consumer) | close 1008, without waiting |
+//! | server shutting down | close 1001, after queued messages |
 
 #![warn(missing_docs)]
 
@@ -168,4 +233,3 @@ pub mod __fuzz;
 #[doc(hidden)]
 #[path = "hooks_bench.rs"]
 pub mod __bench;
-

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The identifier of a connected client, unique within one server
 /// instance and, with a broker, across instances (it embeds nothing
 /// secret).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ClientId(pub u64);
 

@@ -5,9 +5,11 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
-use super::{AuthFuture, AuthRejection, AuthRequest, Authenticated, Authenticator, Secret, TokenSource};
 #[cfg(feature = "jwt")]
 use super::JwtVerifier;
+use super::{
+    AuthFuture, AuthRejection, AuthRequest, Authenticated, Authenticator, Secret, TokenSource,
+};
 
 /// One accepted bearer token and the identity it stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]

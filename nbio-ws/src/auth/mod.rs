@@ -75,7 +75,6 @@
 //! origin is allowed: a page on any site could then use a browser's
 //! credentials.
 
-
 mod bearer;
 #[cfg(feature = "jwt")]
 mod jwt;

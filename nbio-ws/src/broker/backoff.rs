@@ -50,7 +50,6 @@ impl Backoff {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

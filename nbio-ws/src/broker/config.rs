@@ -94,7 +94,8 @@ impl PubSubConfig {
 
     /// Sets the URL of the chosen adapter.
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
-        self.urls.insert(self.adapter.to_ascii_lowercase(), url.into());
+        self.urls
+            .insert(self.adapter.to_ascii_lowercase(), url.into());
         self
     }
 
@@ -116,7 +117,11 @@ impl PubSubConfig {
     pub fn url(&self) -> &str {
         let name = find_adapter(&self.adapter).map_or("", |r| r.name);
         self.url_of(name)
-            .or_else(|| find_adapter(name).and_then(|r| r.def).map(|d| d.default_url))
+            .or_else(|| {
+                find_adapter(name)
+                    .and_then(|r| r.def)
+                    .map(|d| d.default_url)
+            })
             .unwrap_or("")
     }
 
@@ -217,7 +222,6 @@ fn check_channel(channel: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

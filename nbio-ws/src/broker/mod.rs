@@ -46,8 +46,8 @@
 //! receives the traffic of its rooms, not of every room. Joins and leaves
 //! are replicated on `{WS_PUBSUB_CHANNEL}.presence`, with heartbeats, so
 //! that [`Hub::members`](crate::Hub::members) lists every instance's
-//! members and heals after a crash; see [`rooms`](crate::rooms) and
-//! the presence replication below.
+//! members and heals after a crash; see [Rooms and presence](crate#rooms-and-presence)
+//! and [below](#presence-across-instances).
 //!
 //! | channel (Redis) / subject (NATS) | carries | subscribed by |
 //! |---|---|---|
@@ -58,6 +58,47 @@
 //! Room names other than ASCII letters, digits, `-` and `_` (up to 128
 //! bytes) are hashed into the channel name (`….roomh.<hex>`), so that any
 //! room name makes a valid NATS subject.
+//!
+//! ## Presence across instances
+//!
+//! Who is in which room on the *other* instances is replicated through
+//! the broker.
+//!
+//! Each instance owns the memberships of its own clients (see [Rooms and presence](crate#rooms-and-presence)) and tells the others about them on the presence
+//! channel (`{WS_PUBSUB_CHANNEL}.presence`); each instance keeps a replica
+//! of every other instance's memberships, so that
+//! [`Hub::members`](crate::Hub::members) answers from memory, for any
+//! room, without a round trip. The scheme is the one of Phoenix's
+//! presence tracker, simplified to one writer per entry:
+//!
+//! - **Deltas.** Every join and leave on an instance bumps its *presence
+//!   version* and is published with it (`Join`/`Leave`). A replica applies
+//!   a delta that is next in line; one that skips versions (or a hole in
+//!   the presence channel's sequence numbers) means something was lost on
+//!   the way (pub/sub is at-most-once), so it is applied and the replica
+//!   asks for a snapshot — again at every heartbeat (at most every
+//!   `ttl / 3`) until one is applied.
+//! - **Heartbeats.** Every `ttl / 3` an instance publishes its version and
+//!   its TTL. A replica whose version differs asks for a snapshot; one that
+//!   hears nothing from an instance for `ttl` drops everything that
+//!   instance had (it crashed or lost the broker), which heals presence
+//!   after a crash.
+//! - **Snapshots.** On request (`SyncRequest`, also sent by every instance
+//!   when it starts), an instance publishes all its memberships, in
+//!   numbered parts of at most 256 KiB; a replica that received every part
+//!   in order replaces what it had for that instance and emits the
+//!   differences as events (so a member who was there all along but unknown
+//!   here shows up as a `Joined`); a snapshot with a part missing is
+//!   dropped and asked for again.
+//! - **Goodbye.** At graceful shutdown an instance publishes `Gone`, so
+//!   others drop its entries at once instead of after `ttl`.
+//!
+//! Consistency: eventual. A join is visible on the other instances one
+//! broker hop later (about a millisecond here); after a lost message,
+//! within one heartbeat; after a crash, within `ttl` (+ `ttl / 3`). While
+//! the broker is down each instance still knows its own members exactly
+//! and forgets the others' after `ttl`; when the broker is back, heartbeats
+//! trigger snapshots and the replicas converge.
 //!
 //! ## When the broker is down
 //!
@@ -92,7 +133,6 @@
 //! to unsubscribe), and report its `health`. Envelopes, ordering, echo suppression, metrics and
 //! shutdown are handled here, once, for every backend; see
 //! [`LocalBroker`] for a complete one in a page of code.
-
 
 use std::future::Future;
 use std::pin::Pin;
@@ -174,8 +214,7 @@ pub(crate) fn find_adapter(name: &str) -> Option<&'static Registered> {
     let name = name.trim();
     ADAPTERS.iter().find(|r| {
         r.name.eq_ignore_ascii_case(name)
-            || r
-                .def
+            || r.def
                 .is_some_and(|d| d.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
     })
 }

@@ -88,4 +88,3 @@ pub fn redact_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
-

@@ -123,6 +123,8 @@ struct Outbox {
     /// so that `Gone` is the last word.
     stopping: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
+    /// Asks the presence task for a snapshot of this instance.
+    snapshot_wanted: Arc<Notify>,
 }
 
 impl Outbox {
@@ -150,6 +152,7 @@ impl Link {
         metrics: Arc<Metrics>,
     ) -> Link {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let snapshot_wanted = Arc::new(Notify::new());
         // Shown as 0 from the start, so dashboards see the series.
         for name in [PUBLISHED, PUBLISH_FAILURES, RECEIVED, LOST] {
             metrics.add(name, 0);
@@ -164,6 +167,7 @@ impl Link {
                 tx,
                 stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 metrics: Arc::clone(&metrics),
+                snapshot_wanted: Arc::clone(&snapshot_wanted),
             },
             pending: Mutex::new(Some(rx)),
             tasks: Mutex::new(Vec::new()),
@@ -171,7 +175,7 @@ impl Link {
             metrics,
             hub: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
-            snapshot_wanted: Arc::new(Notify::new()),
+            snapshot_wanted,
         }
     }
 
@@ -208,7 +212,6 @@ impl Link {
             sub,
             hub,
             self.outbox.clone(),
-            Arc::clone(&self.snapshot_wanted),
             self.origin,
             kind,
             Arc::clone(&self.metrics),
@@ -599,7 +602,6 @@ async fn receive_loop(
     mut sub: Subscription,
     hub: Weak<dyn Inbound>,
     link: Outbox,
-    snapshot_wanted: Arc<Notify>,
     origin: u64,
     kind: Kind,
     metrics: Arc<Metrics>,
@@ -664,7 +666,7 @@ async fn receive_loop(
                     Reply::AskSnapshot(target) => {
                         link.queue(Entry::Presence(Presence::SyncRequest { target }));
                     }
-                    Reply::SendSnapshot => snapshot_wanted.notify_one(),
+                    Reply::SendSnapshot => link.snapshot_wanted.notify_one(),
                 },
             }
         }

@@ -2,7 +2,7 @@
 //! instances, replicated through the broker.
 //!
 //! Each instance owns the memberships of its own clients (see
-//! [`crate::rooms`]) and tells the others about them on the presence
+//! [`rooms`](crate::hub::rooms)) and tells the others about them on the presence
 //! channel (`{WS_PUBSUB_CHANNEL}.presence`); each instance keeps a replica
 //! of every other instance's memberships, so that
 //! [`Hub::members`](crate::Hub::members) answers from memory, for any

@@ -41,7 +41,7 @@
 //!   members of every instance, answered from memory, and
 //!   [`Hub::presence_events`] reports remote joins and leaves (and
 //!   expiries) too. The model is eventual consistency; see
-//!   [`crate::presence`] for the protocol and its timings.
+//!   [`presence`](crate::cluster::presence) for the protocol and its timings.
 //!
 //! The registry is a sharded map from room name to members, plus, per
 //! client, the list of its rooms (so a disconnect leaves them all without a
@@ -460,7 +460,7 @@ impl Hub {
 
     /// The members of `room`, sorted by client id: this instance's, and,
     /// with a broker, those of the other instances as replicated here
-    /// (eventually consistent: see [`crate::presence`]).
+    /// (eventually consistent: see [`broker`](crate::broker#presence-across-instances)).
     pub async fn members(&self, room: &str) -> Vec<Member> {
         self.0.rooms.members(room)
     }

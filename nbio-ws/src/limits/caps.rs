@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-
 /// Why a connection was refused by the caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CapExceeded {
@@ -124,7 +123,6 @@ pub(crate) async fn refuse_busy<S: tokio::io::AsyncWrite + Unpin>(mut stream: S)
     })
     .await;
 }
-
 
 #[cfg(test)]
 mod tests {

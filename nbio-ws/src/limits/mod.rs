@@ -58,7 +58,6 @@
 //! (with port 0). From any other peer `X-Forwarded-For` is ignored, so
 //! clients cannot pick their own address.
 
-
 mod caps;
 mod proxy;
 mod rate;
@@ -70,7 +69,6 @@ pub(crate) use rate::{LiveCount, RateLimiter};
 use std::time::Duration;
 
 use crate::env::{parse_duration, parse_size, ConfigError, Env};
-
 
 /// Rate limiting settings (`WS_RATE_LIMIT_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,4 +208,3 @@ impl LimitsConfig {
         })
     }
 }
-

@@ -4,7 +4,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
 
-
 /// An IP network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IpNet {
@@ -113,7 +112,6 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
     }
     s.parse::<SocketAddr>().ok().map(|a| a.ip())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use super::RateLimit;
 use crate::jsonrpc::RpcError;
 
-
 /// A token bucket with continuous refill, in exact integer arithmetic.
 ///
 /// One token is worth `interval` (in nanoseconds) units, and every
@@ -137,7 +136,6 @@ impl Drop for RateLimiter {
         self.live.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -19,15 +19,14 @@
 //! [`ServerBuilder::build`]: crate::ServerBuilder::build
 //! [`ServerBuilder::method`]: crate::ServerBuilder::method
 
-
 mod handler;
 
+#[doc(hidden)]
+pub use handler::__private;
 pub use handler::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
 pub(crate) use handler::{BoxFuture, ErasedHandler, StateMap};
-#[doc(hidden)]
-pub use handler::__private;
 
 use std::any::Any;
 use std::collections::HashMap;

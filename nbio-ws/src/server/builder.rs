@@ -1,12 +1,4 @@
 //! [`ServerBuilder`]: every setting of a server, in one place.
-//!
-//! Settings come from two sources that compose in a fixed way, whatever
-//! the order of the calls: [`ServerBuilder::config`] gives the base (for
-//! example [`Config::from_env`](crate::Config::from_env)); every other
-//! setter overrides its own field on top of that base. So
-//! `.rate_limit(..).config(cfg)` and `.config(cfg).rate_limit(..)` build
-//! the same server: `cfg` with that rate limit. Calling `config` twice
-//! keeps the last base; calling a setter twice keeps the last value.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +56,16 @@ pub enum BuildError {
 type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
 
 /// Configures a [`Server`]. Start with [`Server::builder`].
+///
+/// ## How settings compose
+///
+/// Settings come from two sources that compose in a fixed way, whatever
+/// the order of the calls: [`ServerBuilder::config`] gives the base (for
+/// example [`Config::from_env`]); every other setter overrides its own
+/// field on top of that base. So `.rate_limit(..).config(cfg)` and
+/// `.config(cfg).rate_limit(..)` build the same server: `cfg` with that
+/// rate limit. Calling `config` twice keeps the last base; calling a
+/// setter twice keeps the last value.
 ///
 /// ```no_run
 /// use nbio_ws::{rpc_method, Params, Server};
@@ -132,7 +134,7 @@ impl ServerBuilder {
 
     /// The base settings (for example from [`Config::from_env`]). The
     /// other setters override their own fields on top of it, whether they
-    /// are called before or after this (see the [module docs](self)).
+    /// are called before or after this (see [how settings compose](ServerBuilder#how-settings-compose)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -621,7 +623,6 @@ impl ServerBuilder {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
