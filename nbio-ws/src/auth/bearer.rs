@@ -142,19 +142,7 @@ mod tests {
     use hyper::{HeaderMap, Method, StatusCode};
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> AuthRequest {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.append(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        AuthRequest::new(
-            Method::GET,
-            uri.parse().unwrap(),
-            h,
-            "127.0.0.1:1".parse().unwrap(),
-        )
+        crate::auth::test_request(uri, headers)
     }
 
     #[tokio::test]

@@ -563,24 +563,30 @@ where
     }
 }
 
+/// An upgrade request with these headers, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_request(uri: &str, headers: &[(&str, &str)]) -> AuthRequest {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    AuthRequest::new(
+        Method::GET,
+        uri.parse().unwrap(),
+        h,
+        "127.0.0.1:1".parse().unwrap(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> AuthRequest {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.append(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        AuthRequest::new(
-            Method::GET,
-            uri.parse().unwrap(),
-            h,
-            "127.0.0.1:1".parse().unwrap(),
-        )
+        test_request(uri, headers)
     }
 
     #[test]
