@@ -139,7 +139,7 @@ impl Authenticator for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::{HeaderMap, Method, StatusCode};
+    use hyper::StatusCode;
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> AuthRequest {
         crate::auth::test_request(uri, headers)
