@@ -146,6 +146,7 @@ mod types;
 
 // Policy: each depends only on the leaves.
 pub mod auth;
+mod deflate;
 pub mod limits;
 pub mod tls;
 
