@@ -217,7 +217,14 @@ async fn embed_example_serves_axum_routes_and_the_endpoint() {
     .await
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-    assert!(v["result"].as_str().unwrap().parse::<u64>().is_ok(), "{v}");
+    assert!(
+        v["result"]
+            .as_str()
+            .unwrap()
+            .parse::<nbio_ws::ClientId>()
+            .is_ok(),
+        "{v}"
+    );
     let (_, clients) = get(port, "/clients").await;
     assert_eq!(clients.trim(), "1");
 }

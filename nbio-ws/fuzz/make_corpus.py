@@ -62,3 +62,33 @@ put("frames", b"\x07" + frame(True, 2, bytes(200)) + frame(True, 8, struct.pack(
 put("frames", b"\x01" + frame(True, 1, b"x" * 300))
 put("frames", b"\x0f" + frame(True, 8, b"\x03"))
 put("frames", b"\x02" + bytes([0x81, 0x05]) + b"hello")
+
+# Broker envelopes (nbio-ws/src/cluster/envelope.rs), under fixed names:
+# the envelope's unit tests decode them too.
+def put_named(target, name, data):
+    os.makedirs(f"corpus/{target}", exist_ok=True)
+    with open(f"corpus/{target}/{name}", "wb") as f:
+        f.write(data)
+
+def s(b):
+    return struct.pack(">I", len(b)) + b
+
+def client(instance, counter):
+    return struct.pack(">QQ", instance, counter)
+
+def envelope(origin, first_seq, *entries):
+    return b"N" + bytes([3]) + struct.pack(">QQ", origin, first_seq) + b"".join(entries)
+
+put_named("envelope", "broadcast_direct", envelope(7, 0,
+    b"B" + s(b'{"jsonrpc":"2.0","method":"m"}'),
+    b"D" + client(7, 42) + s(b"{}")))
+put_named("envelope", "room", envelope(9, 5,
+    b"R" + s(b"lobby") + client(9, 3) + s(b'{"jsonrpc":"2.0","method":"chat.message","params":{}}')))
+put_named("envelope", "presence", envelope(11, 0,
+    b"J" + struct.pack(">Q", 1) + s(b"lobby") + client(11, 11) + s(b'{"nick":"ada"}'),
+    b"L" + struct.pack(">Q", 3) + s(b"lobby") + client(11, 11),
+    b"H" + struct.pack(">QI", 3, 15000),
+    b"S" + struct.pack(">QIII", 3, 0, 2, 1) + s(b"lobby") + client(11, 12) + s(b"null"),
+    b"S" + struct.pack(">QIII", 3, 1, 2, 1) + s(b"k") + client(11, 13) + s(b'{"a":1}'),
+    b"Q" + struct.pack(">Q", 0),
+    b"X"))

@@ -175,7 +175,7 @@ pub use router::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
 pub use server::{shutdown_signal, BuildError, ServeError, Server, ServerBuilder};
-pub use types::{ClientId, Member, PresenceEvent};
+pub use types::{ClientId, Member, ParseClientIdError, PresenceEvent};
 pub use ws::RawMessage;
 
 /// Registers a function as a JSON-RPC method, at compile time.

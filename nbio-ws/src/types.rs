@@ -5,16 +5,106 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The identifier of a connected client, unique within one server
-/// instance and, with a broker, across instances (it embeds nothing
-/// secret).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ClientId(pub u64);
+/// The identifier of a connected client: unique within one server
+/// instance and, with overwhelming probability, across instances and
+/// restarts (it embeds nothing secret).
+///
+/// An id is 128 bits: the high 64 are the issuing instance's random id
+/// ([`Hub::instance_id`](crate::Hub::instance_id)), the low 64 a counter
+/// that starts at 1 on every instance and only grows (it would take
+/// centuries of a billion connections a second to wrap). Two instances
+/// clash only if they draw the same 64-bit instance id.
+///
+/// **Text form**: 32 lowercase hexadecimal digits, the instance id then
+/// the counter (`"9f3a5c0e1d2b4a67000000000000002a"`). That is what
+/// [`Display`](fmt::Display) writes, [`FromStr`](std::str::FromStr) reads
+/// (upper case accepted too) and serde uses: in JSON a client id is a
+/// **string**, never a number (JavaScript numbers hold 53 bits).
+///
+/// ```
+/// use nbio_ws::ClientId;
+///
+/// let id = ClientId::from_parts(0x9f3a_5c0e_1d2b_4a67, 42);
+/// assert_eq!(id.to_string(), "9f3a5c0e1d2b4a67000000000000002a");
+/// assert_eq!("9f3a5c0e1d2b4a67000000000000002a".parse::<ClientId>(), Ok(id));
+/// assert_eq!(serde_json::to_string(&id).unwrap(), r#""9f3a5c0e1d2b4a67000000000000002a""#);
+/// assert_eq!((id.instance(), id.counter()), (0x9f3a_5c0e_1d2b_4a67, 42));
+/// assert!("42".parse::<ClientId>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(u128);
+
+impl ClientId {
+    /// The id of the `counter`-th client of instance `instance`.
+    pub const fn from_parts(instance: u64, counter: u64) -> ClientId {
+        ClientId(((instance as u128) << 64) | counter as u128)
+    }
+
+    /// The id with these 128 bits (instance id in the high half).
+    pub const fn from_u128(bits: u128) -> ClientId {
+        ClientId(bits)
+    }
+
+    /// The id's 128 bits.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// The random id of the instance that issued this id.
+    pub const fn instance(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+
+    /// The issuing instance's counter.
+    pub const fn counter(self) -> u64 {
+        self.0 as u64
+    }
+}
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A string that is not the text form of a [`ClientId`] (32 hexadecimal
+/// digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a client id is 32 hexadecimal digits")]
+pub struct ParseClientIdError;
+
+impl std::str::FromStr for ClientId {
+    type Err = ParseClientIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseClientIdError);
+        }
+        u128::from_str_radix(s, 16)
+            .map(ClientId)
+            .map_err(|_| ParseClientIdError)
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClientId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a client id: a string of 32 hexadecimal digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClientId, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

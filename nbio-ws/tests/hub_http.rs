@@ -24,20 +24,20 @@ fn broadcast(hub: Hub, Params(p): Params<Text>) -> Result<serde_json::Value, Rpc
 
 #[derive(Deserialize)]
 struct To {
-    to: u64,
+    to: nbio_ws::ClientId,
     text: String,
 }
 
 #[rpc_method("direct")]
 fn direct(hub: Hub, Params(p): Params<To>) -> Result<bool, RpcError> {
-    hub.send_to(nbio_ws::ClientId(p.to), "direct", &json!({"text": p.text}))
+    hub.send_to(p.to, "direct", &json!({"text": p.text}))
         .map_err(|e| RpcError::new(-32004, e.to_string()))?;
     Ok(true)
 }
 
 #[rpc_method("whoami")]
-fn whoami(client: nbio_ws::Client) -> u64 {
-    client.id().0
+fn whoami(client: nbio_ws::Client) -> nbio_ws::ClientId {
+    client.id()
 }
 
 async fn wait_clients(hub: &Hub, n: usize) {
@@ -86,9 +86,8 @@ async fn send_to_one_client() {
     let mut a = WsClient::connect(&s.url("/ws")).await;
     let mut b = WsClient::connect(&s.url("/ws")).await;
     let mut c = WsClient::connect(&s.url("/ws")).await;
-    let idb = b.call("whoami", json!([]), json!(1)).await["result"]
-        .as_u64()
-        .unwrap();
+    let idb = b.call("whoami", json!([]), json!(1)).await["result"].clone();
+    assert_eq!(idb.as_str().map(str::len), Some(32), "{idb}");
     assert_eq!(
         a.call("direct", json!({"to": idb, "text": "psst"}), json!(2))
             .await["result"],
@@ -97,9 +96,18 @@ async fn send_to_one_client() {
     assert_eq!(b.recv_json().await["params"]["text"], "psst");
     c.expect_silence(Duration::from_millis(200)).await;
     let r = a
-        .call("direct", json!({"to": 1, "text": "x"}), json!(3))
+        .call(
+            "direct",
+            json!({"to": "00000000000000010000000000000001", "text": "x"}),
+            json!(3),
+        )
         .await;
     assert_eq!(r["error"]["code"], -32004);
+    // A number is not a client id.
+    let r = a
+        .call("direct", json!({"to": 1, "text": "x"}), json!(4))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
 }
 
 #[tokio::test]

@@ -52,8 +52,8 @@ async fn sleep(Params(ms): Params<(u64,)>) -> u64 {
 }
 
 #[rpc_method("whoami")]
-fn whoami(client: Client) -> u64 {
-    client.id().0
+fn whoami(client: Client) -> nbio_ws::ClientId {
+    client.id()
 }
 
 struct Greeting(String);
@@ -341,14 +341,12 @@ async fn extractors_client_and_state() {
     let s = server().await;
     let mut a = client(&s).await;
     let mut b = client(&s).await;
-    let ida = a.call("whoami", json!([]), json!(1)).await["result"]
-        .as_u64()
-        .unwrap();
-    let idb = b.call("whoami", json!([]), json!(1)).await["result"]
-        .as_u64()
-        .unwrap();
+    let ida = a.call("whoami", json!([]), json!(1)).await["result"].clone();
+    let idb = b.call("whoami", json!([]), json!(1)).await["result"].clone();
     assert_ne!(ida, idb);
-    assert!(s.hub.get(nbio_ws::ClientId(ida)).is_some());
+    // Ids travel as their text form: 32 hex digits.
+    let ida: nbio_ws::ClientId = serde_json::from_value(ida).expect("an id string");
+    assert!(s.hub.get(ida).is_some());
     assert_eq!(
         a.call("greeting", json!([]), json!(2)).await["result"],
         "hello"

@@ -42,7 +42,7 @@ struct Text {
 
 #[derive(Deserialize)]
 struct SendTo {
-    to: u64,
+    to: ClientId,
     text: String,
 }
 
@@ -65,7 +65,7 @@ fn app() -> ServerBuilder {
         .method(
             "send_to",
             |hub: Hub, Params(p): Params<SendTo>| async move {
-                hub.send_to(ClientId(p.to), "direct", &json!({ "text": p.text }))
+                hub.send_to(p.to, "direct", &json!({ "text": p.text }))
                     .map_err(RpcError::internal)?;
                 Ok::<_, RpcError>(true)
             },
@@ -322,8 +322,14 @@ async fn scale_out(kind: Kind) {
     let mut ids = Vec::new();
     for (i, p) in peers.iter_mut().enumerate() {
         let r = p.call(i as u64, "whoami", json!([])).await;
-        ids.push(r["result"].as_u64().expect("an id"));
+        let id: ClientId = serde_json::from_value(r["result"].clone()).expect("an id");
+        ids.push(id);
     }
+    // Every instance counts its clients from 1: ids stay apart by their
+    // instance half.
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    let instances: HashSet<u64> = ids.iter().map(|id| id.instance()).collect();
+    assert_eq!(instances.len(), INSTANCES, "{ids:?}");
     let target = INSTANCES * CLIENTS_PER_INSTANCE - 1; // last client of the last instance
     let r = peers[0]
         .call(10, "send_to", json!({"to": ids[target], "text": "d:hello"}))
@@ -505,7 +511,7 @@ async fn no_broker_no_change() {
     assert!(h.get("broker").is_none(), "{h}");
     assert!(s.hub.broker_health().is_none());
     assert!(matches!(
-        s.hub.send_to(ClientId(1 << 40), "m", &()),
+        s.hub.send_to(ClientId::from_parts(1, 1), "m", &()),
         Err(nbio_ws::SendError::NotFound(_))
     ));
     s.shutdown().await.expect("shutdown");

@@ -9,17 +9,18 @@
 //! ```text
 //! 0      1        2          10         18
 //! +------+--------+----------+----------+---------------------------+
-//! | 0x4E | ver=2  | origin   | first    | entries...                |
+//! | 0x4E | ver=3  | origin   | first    | entries...                |
 //! | 'N'  |        | (u64)    | seq (u64)|                           |
 //! +------+--------+----------+----------+---------------------------+
 //! str  = len(u32) UTF-8 bytes
+//! client = a client id (u128: instance id, counter)
 //! entry: 'B' str(text)                           a broadcast
-//!        'D' client(u64) str(text)               a message for one client
-//!        'R' str(room) except(u64) str(text)     a message for a room (except: 0 = none)
-//!        'J' version(u64) str(room) client(u64) str(meta JSON)   a join
-//!        'L' version(u64) str(room) client(u64)                  a leave
+//!        'D' client str(text)                    a message for one client
+//!        'R' str(room) except(client) str(text)  a message for a room (except: 0 = none)
+//!        'J' version(u64) str(room) client str(meta JSON)   a join
+//!        'L' version(u64) str(room) client                  a leave
 //!        'H' version(u64) ttl_ms(u32)            presence heartbeat
-//!        'S' version(u64) part(u32) parts(u32) count(u32) count × (str(room) client(u64) str(meta))
+//!        'S' version(u64) part(u32) parts(u32) count(u32) count × (str(room) client str(meta))
 //!                                                part `part` (0-based) of `parts` of a presence snapshot
 //!        'Q' target(u64)                         "send your snapshot" (0: everyone)
 //!        'X'                                     the origin is shutting down
@@ -41,12 +42,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::types::ClientId;
 
 const MAGIC: u8 = b'N';
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const HEADER: usize = 18;
 /// Most entries one envelope may hold (a publisher packs at most 256): a
 /// message of tiny entries cannot make a receiver allocate far more than
 /// its size.
 pub(crate) const MAX_ENTRIES: usize = 1024;
+/// The fixed bytes of one snapshot member: two string lengths and a
+/// client id.
+const SNAPSHOT_MEMBER: usize = 4 + 16 + 4;
 
 /// One message to carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,16 +118,16 @@ impl Entry {
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Entry::Broadcast(b) => 5 + b.len(),
-            Entry::Direct(_, b) => 13 + b.len(),
-            Entry::Room { room, text, .. } => 17 + room.len() + text.len(),
+            Entry::Direct(_, b) => 21 + b.len(),
+            Entry::Room { room, text, .. } => 25 + room.len() + text.len(),
             Entry::Presence(p) => match p {
-                Presence::Join { room, meta, .. } => 25 + room.len() + meta.len(),
-                Presence::Leave { room, .. } => 21 + room.len(),
+                Presence::Join { room, meta, .. } => 33 + room.len() + meta.len(),
+                Presence::Leave { room, .. } => 29 + room.len(),
                 Presence::Heartbeat { .. } => 13,
                 Presence::Snapshot { members, .. } => {
                     21 + members
                         .iter()
-                        .map(|(r, _, m)| 16 + r.len() + m.len())
+                        .map(|(r, _, m)| SNAPSHOT_MEMBER + r.len() + m.len())
                         .sum::<usize>()
                 }
                 Presence::SyncRequest { .. } => 9,
@@ -185,13 +189,13 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
             }
             Entry::Direct(id, text) => {
                 out.put_u8(b'D');
-                out.put_u64(id.0);
+                out.put_u128(id.as_u128());
                 put_str(&mut out, text);
             }
             Entry::Room { room, except, text } => {
                 out.put_u8(b'R');
                 put_str(&mut out, room.as_bytes());
-                out.put_u64(except.map_or(0, |c| c.0));
+                out.put_u128(except.map_or(0, ClientId::as_u128));
                 put_str(&mut out, text);
             }
             Entry::Presence(Presence::Join {
@@ -203,7 +207,7 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
                 out.put_u8(b'J');
                 out.put_u64(*version);
                 put_str(&mut out, room.as_bytes());
-                out.put_u64(client.0);
+                out.put_u128(client.as_u128());
                 put_str(&mut out, meta);
             }
             Entry::Presence(Presence::Leave {
@@ -214,7 +218,7 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
                 out.put_u8(b'L');
                 out.put_u64(*version);
                 put_str(&mut out, room.as_bytes());
-                out.put_u64(client.0);
+                out.put_u128(client.as_u128());
             }
             Entry::Presence(Presence::Heartbeat { version, ttl_ms }) => {
                 out.put_u8(b'H');
@@ -234,7 +238,7 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
                 out.put_u32(u32::try_from(members.len()).unwrap_or(u32::MAX));
                 for (room, client, meta) in members {
                     put_str(&mut out, room.as_bytes());
-                    out.put_u64(client.0);
+                    out.put_u128(client.as_u128());
                     put_str(&mut out, meta);
                 }
             }
@@ -315,12 +319,12 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
         entries.push(match kind {
             b'B' => Entry::Broadcast(r.text()?),
             b'D' => {
-                let id = ClientId(r.u64()?);
+                let id = r.client()?;
                 Entry::Direct(id, r.text()?)
             }
             b'R' => {
                 let room = r.name()?;
-                let except = Some(r.u64()?).filter(|&c| c != 0).map(ClientId);
+                let except = Some(r.client()?).filter(|c| c.as_u128() != 0);
                 Entry::Room {
                     room,
                     except,
@@ -330,13 +334,13 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
             b'J' => Entry::Presence(Presence::Join {
                 version: r.u64()?,
                 room: r.name()?,
-                client: ClientId(r.u64()?),
+                client: r.client()?,
                 meta: r.text()?,
             }),
             b'L' => Entry::Presence(Presence::Leave {
                 version: r.u64()?,
                 room: r.name()?,
-                client: ClientId(r.u64()?),
+                client: r.client()?,
             }),
             b'H' => Entry::Presence(Presence::Heartbeat {
                 version: r.u64()?,
@@ -350,13 +354,13 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
                     return Err(DecodeError::Truncated);
                 }
                 let count = r.u32()?;
-                // Each member takes at least 16 bytes: a count that cannot
-                // fit is a lie, not a reason to allocate.
-                let room_left = (buf.len() - r.at) / 16;
+                // Each member takes at least SNAPSHOT_MEMBER bytes: a count
+                // that cannot fit is a lie, not a reason to allocate.
+                let room_left = (buf.len() - r.at) / SNAPSHOT_MEMBER;
                 let mut members = Vec::with_capacity((count as usize).min(room_left));
                 for _ in 0..count {
                     let room = r.name()?;
-                    let client = ClientId(r.u64()?);
+                    let client = r.client()?;
                     members.push((room, client, r.text()?));
                 }
                 Entry::Presence(Presence::Snapshot {
@@ -401,6 +405,17 @@ impl Reader<'_> {
         let v = read_u64(self.buf, self.at)?;
         self.at += 8;
         Ok(v)
+    }
+
+    fn client(&mut self) -> Result<ClientId, DecodeError> {
+        let v = self
+            .buf
+            .get(self.at..self.at + 16)
+            .and_then(|s| s.try_into().ok())
+            .map(u128::from_be_bytes)
+            .ok_or(DecodeError::Truncated)?;
+        self.at += 16;
+        Ok(ClientId::from_u128(v))
     }
 
     /// A length-prefixed UTF-8 string, as a slice of the buffer (no copy).
@@ -450,11 +465,14 @@ mod tests {
     fn round_trip() {
         let entries = vec![
             Entry::Broadcast(Bytes::from_static(br#"{"jsonrpc":"2.0","method":"m"}"#)),
-            Entry::Direct(ClientId(42), Bytes::from_static("é".as_bytes())),
+            Entry::Direct(
+                ClientId::from_parts(0xabcd, 42),
+                Bytes::from_static("é".as_bytes()),
+            ),
             Entry::Broadcast(Bytes::new()),
             Entry::Room {
                 room: Arc::from("lobby"),
-                except: Some(ClientId(9)),
+                except: Some(ClientId::from_parts(0xabcd, 9)),
                 text: Bytes::from_static(b"{}"),
             },
             Entry::Room {
@@ -465,10 +483,10 @@ mod tests {
             Entry::presence_join(
                 3,
                 &Arc::from("lobby"),
-                ClientId(5),
+                ClientId::from_parts(0xabcd, 5),
                 &serde_json::json!({"nick": "ada"}),
             ),
-            Entry::presence_leave(4, "lobby", ClientId(5)),
+            Entry::presence_leave(4, "lobby", ClientId::from_parts(0xabcd, 5)),
             Entry::Presence(Presence::Heartbeat {
                 version: 4,
                 ttl_ms: 15_000,
@@ -478,10 +496,14 @@ mod tests {
                 part: 1,
                 parts: 2,
                 members: vec![
-                    (Arc::from("a"), ClientId(1), Bytes::from_static(b"null")),
+                    (
+                        Arc::from("a"),
+                        ClientId::from_parts(0xabcd, 1),
+                        Bytes::from_static(b"null"),
+                    ),
                     (
                         Arc::from("b"),
-                        ClientId(2),
+                        ClientId::from_parts(0xabcd, 2),
                         Bytes::from_static(br#"{"x":1}"#),
                     ),
                 ],
@@ -524,7 +546,10 @@ mod tests {
         let good = encode(
             1,
             0,
-            &[Entry::Direct(ClientId(1), Bytes::from_static(b"hi"))],
+            &[Entry::Direct(
+                ClientId::from_parts(0xabcd, 1),
+                Bytes::from_static(b"hi"),
+            )],
         );
         for cut in 0..good.len() {
             let r = decode(good.slice(..cut));

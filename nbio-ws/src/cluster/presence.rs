@@ -413,7 +413,7 @@ mod tests {
         Presence::Join {
             version,
             room: Arc::from(room),
-            client: ClientId(client),
+            client: ClientId::from_parts(9, client),
             meta: Bytes::from_static(br#"{"nick":"x"}"#),
         }
     }
@@ -421,7 +421,7 @@ mod tests {
     fn names(replica: &Replica, room: &str) -> Vec<u64> {
         let mut out = Vec::new();
         replica.members(room, &mut out);
-        let mut ids: Vec<u64> = out.iter().map(|m| m.client.0).collect();
+        let mut ids: Vec<u64> = out.iter().map(|m| m.client.counter()).collect();
         ids.sort();
         ids
     }
@@ -442,7 +442,11 @@ mod tests {
             version: 2,
             part: 0,
             parts: 1,
-            members: vec![(Arc::from("a"), ClientId(101), Bytes::from_static(b"null"))],
+            members: vec![(
+                Arc::from("a"),
+                ClientId::from_parts(9, 101),
+                Bytes::from_static(b"null"),
+            )],
         };
         assert_eq!(r.apply(1, 9, snap, &events), Reply::None);
         assert_eq!(names(&r, "a"), [101]);
@@ -475,8 +479,8 @@ mod tests {
         let mut seen = Vec::new();
         while let Ok(e) = rx.try_recv() {
             seen.push(match e {
-                PresenceEvent::Joined { member, .. } => format!("+{}", member.client.0),
-                PresenceEvent::Left { member, .. } => format!("-{}", member.client.0),
+                PresenceEvent::Joined { member, .. } => format!("+{}", member.client.counter()),
+                PresenceEvent::Left { member, .. } => format!("-{}", member.client.counter()),
             });
         }
         assert_eq!(seen[..6], ["+100", "-100", "+101", "+102", "+104", "+105"]);
@@ -516,7 +520,11 @@ mod tests {
             version: 4,
             part,
             parts: 2,
-            members: vec![(Arc::from("a"), ClientId(client), Bytes::from_static(b"{}"))],
+            members: vec![(
+                Arc::from("a"),
+                ClientId::from_parts(9, client),
+                Bytes::from_static(b"{}"),
+            )],
         };
         r.apply(1, 9, part(0, 1), &events);
         assert!(

@@ -61,9 +61,10 @@ pub struct Hub(pub(crate) Arc<HubInner>);
 pub(crate) struct HubInner {
     clients: DashMap<ClientId, Client>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The counter of the next client id.
     next_id: AtomicU64,
-    instance_tag: u64,
-    /// Random id of this instance in broker envelopes.
+    /// Random id of this instance: the high half of its client ids, and
+    /// its origin in broker envelopes.
     instance_id: u64,
     started: Instant,
     pub(crate) rooms: rooms::Rooms,
@@ -85,8 +86,8 @@ impl Hub {
     }
 
     pub(crate) fn with_metrics(metrics: Arc<Metrics>) -> Self {
-        // A random 21-bit tag keeps client ids of different instances apart
-        // while every id stays below 2^53 (exact in JavaScript).
+        // 64 random bits: the process's random hasher keys (from the OS),
+        // mixed with the pid and the time.
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         h.write_u128(
@@ -95,13 +96,12 @@ impl Hub {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default(),
         );
-        let instance_id = h.finish();
-        let instance_tag = (instance_id & 0x1F_FFFF).max(1);
+        // Never 0: envelopes use 0 for "no client".
+        let instance_id = h.finish().max(1);
         Hub(Arc::new(HubInner {
             clients: DashMap::new(),
             metrics,
             next_id: AtomicU64::new(1),
-            instance_tag,
             instance_id,
             started: Instant::now(),
             rooms: rooms::Rooms::default(),
@@ -119,8 +119,10 @@ impl Hub {
         self.0.started
     }
 
-    /// This instance's random id: tags what it publishes through the
-    /// broker, so that it can skip its own messages when they come back.
+    /// This instance's random id: the high half of every
+    /// [`ClientId`] it issues, and the tag of what it publishes through
+    /// the broker (so that it can skip its own messages when they come
+    /// back).
     pub fn instance_id(&self) -> u64 {
         self.0.instance_id
     }
@@ -189,8 +191,9 @@ impl Hub {
     }
 
     pub(crate) fn next_client_id(&self) -> ClientId {
-        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
-        ClientId((self.0.instance_tag << 32) | n)
+        // 64 bits: never wraps in practice (584 years at 10^9 a second).
+        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        ClientId::from_parts(self.0.instance_id, n)
     }
 
     pub(crate) fn register(&self, client: Client) {
@@ -267,7 +270,7 @@ impl Hub {
     /// Without a broker the client must be connected to this instance
     /// ([`SendError::NotFound`] otherwise). With a broker, a client that is
     /// not here but may be on another instance (its id was not issued by
-    /// this one) is reached through the broker: `Ok(())` then means
+    /// this one: [`ClientId::instance`] differs) is reached through the broker: `Ok(())` then means
     /// "published", and a message for a client connected nowhere is
     /// dropped silently.
     pub fn send_to<P: Serialize + ?Sized>(
@@ -280,7 +283,7 @@ impl Hub {
             return client.notify(method, params);
         }
         match self.0.broker.get() {
-            Some(link) if id.0 >> 32 != self.0.instance_tag => {
+            Some(link) if id.instance() != self.0.instance_id => {
                 let bytes = jsonrpc::encode_notification(method, params)?;
                 link.queue(Entry::Direct(id, bytes));
                 Ok(())
@@ -391,15 +394,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_unique_and_js_safe() {
+    fn ids_are_unique_and_carry_the_instance() {
         let hub = Hub::new();
         let a = hub.next_client_id();
         let b = hub.next_client_id();
         assert_ne!(a, b);
-        assert!(a.0 < (1u64 << 53));
+        assert_eq!(
+            (a.instance(), b.instance()),
+            (hub.instance_id(), hub.instance_id())
+        );
+        assert_eq!((a.counter(), b.counter()), (1, 2));
+        assert_ne!(Hub::new().instance_id(), hub.instance_id());
+        let other = ClientId::from_parts(hub.instance_id() ^ 1, 7);
         assert!(matches!(
-            hub.send_to(ClientId(7), "m", &()),
-            Err(SendError::NotFound(ClientId(7)))
+            hub.send_to(other, "m", &()),
+            Err(SendError::NotFound(id)) if id == other
         ));
     }
 }

@@ -291,7 +291,7 @@ impl Rooms {
         for room in self.rooms.iter() {
             for (id, e) in room.value() {
                 let meta = meta_json(&e.meta);
-                let size = 16 + room.key().len() + meta.len();
+                let size = 24 + room.key().len() + meta.len();
                 if bytes + size > part_bytes && bytes > 0 {
                     parts.push(Vec::new());
                     bytes = 0;
