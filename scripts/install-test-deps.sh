@@ -28,6 +28,13 @@ if [ ! -d "$browser_test/node_modules/playwright-core" ]; then
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$browser_test" --no-audit --no-fund --silent
 fi
 
+# The JavaScript client's test devDependencies (ws, typescript): examples/tests/js_client.rs.
+js_client="$(cd "$(dirname "$0")/.." && pwd)/clients/js"
+if [ ! -d "$js_client/node_modules/ws" ] || [ ! -d "$js_client/node_modules/typescript" ]; then
+  echo "npm ci --prefix clients/js"
+  npm ci --prefix "$js_client" --no-audit --no-fund --silent
+fi
+
 # scripts/fuzz.sh (cargo-fuzz builds with nightly features: RUSTC_BOOTSTRAP=1).
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo install cargo-fuzz"

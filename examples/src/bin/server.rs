@@ -8,6 +8,9 @@
 //! < {"jsonrpc":"2.0","result":{"echo":"hi","text_length":2},"id":1}
 //! ```
 //!
+//! It also serves the JavaScript client at `/nbio-ws.js` and its example
+//! page at `/client-example.html` (`clients/js/`).
+//!
 //! Several instances share broadcasts through Redis or NATS when built
 //! with the `redis`/`nats` features (`--all-features` gives both):
 //!
@@ -74,7 +77,22 @@ async fn main() -> std::process::ExitCode {
         }
     };
     nbio_ws::init_logging(&config);
-    let server = match Server::builder().config(config).build() {
+    // The JavaScript client and its README's example page
+    // (clients/js/example.html): open http://127.0.0.1:8080/client-example.html.
+    let server = Server::builder()
+        .config(config)
+        .page(
+            "/nbio-ws.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../../../clients/js/nbio-ws.js"),
+        )
+        .page(
+            "/client-example.html",
+            "text/html; charset=utf-8",
+            include_str!("../../../clients/js/example.html"),
+        )
+        .build();
+    let server = match server {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
