@@ -121,6 +121,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// TLS (`WS_TLS_*`).
     pub tls: crate::tls::TlsConfig,
+    /// History of rooms (`WS_HISTORY_*`); see [`history`](crate::history).
+    pub history: crate::history::HistoryConfig,
 }
 
 impl Default for Config {
@@ -140,6 +142,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -217,6 +220,7 @@ impl Config {
             auth: crate::auth::AuthConfig::from_env(&env)?,
             limits: crate::limits::LimitsConfig::from_env(&env)?,
             tls: crate::tls::TlsConfig::from_env(&env)?,
+            history: crate::history::HistoryConfig::from_env(&env)?,
         };
         Ok(cfg)
     }

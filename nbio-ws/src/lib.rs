@@ -150,9 +150,11 @@ mod deflate;
 pub mod limits;
 pub mod tls;
 
-// Scale-out: the broker trait and backends, then the cluster machinery.
+// Scale-out: history, the broker trait and backends, then the cluster
+// machinery.
 pub mod broker;
 mod cluster;
+pub mod history;
 
 // The registry: hub, clients, rooms (the one allowed cycle).
 mod hub;

@@ -2,6 +2,8 @@
 //! and presence events. A leaf: it depends on nothing else in the crate.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -170,3 +172,7 @@ impl PresenceEvent {
         }
     }
 }
+
+/// A boxed, sendable future, as [`Broker`](crate::broker::Broker) and
+/// [`HistoryStore`](crate::history::HistoryStore) methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -134,8 +134,6 @@
 //! shutdown are handled here, once, for every backend; see
 //! [`LocalBroker`] for a complete one in a page of code.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -149,6 +147,7 @@ pub use config::{PubSubConfig, DEFAULT_CHANNEL, DEFAULT_PRESENCE_TTL};
 pub use url::{check_url, redact_url};
 
 use crate::env::ConfigError;
+use crate::history::{HistoryStore, MemoryHistory};
 
 /// The backends `WS_PUBSUB_ADAPTER` can name: one line per backend, the
 /// module that implements it and, for an optional one, its cargo feature.
@@ -198,7 +197,13 @@ pub(crate) struct AdapterDef {
     pub check_url: fn(&str) -> Result<(), ConfigError>,
     /// Creates the broker (it connects in the background once started).
     pub create: fn(&str) -> Result<Arc<dyn Broker>, BrokerError>,
+    /// Creates the history store that goes with this backend, shared by
+    /// every instance (`None`: history is kept in memory).
+    pub history: Option<HistoryFactory>,
 }
+
+/// Creates a backend's history store from the pub/sub settings.
+pub(crate) type HistoryFactory = fn(&PubSubConfig) -> Result<Arc<dyn HistoryStore>, BrokerError>;
 
 /// An entry of [`ADAPTERS`].
 pub(crate) struct Registered {
@@ -228,8 +233,7 @@ pub(crate) fn adapter_names() -> String {
     }
 }
 
-/// A boxed, sendable future, as [`Broker`] methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::types::BoxFuture;
 
 /// A pub/sub backend that carries broadcasts between instances.
 ///
@@ -483,6 +487,21 @@ pub enum BrokerError {
     /// An error from the backend's client library.
     #[error("{0}")]
     Backend(String),
+}
+
+/// The history store that goes with the configured backend: the
+/// backend's own when it has one and pub/sub is enabled, else memory.
+pub(crate) fn history_store(config: &PubSubConfig) -> Result<Arc<dyn HistoryStore>, BrokerError> {
+    let own = config
+        .enabled
+        .then(|| find_adapter(&config.adapter))
+        .flatten()
+        .and_then(|r| r.def)
+        .and_then(|d| d.history);
+    match own {
+        Some(make) => make(config),
+        None => Ok(Arc::new(MemoryHistory::new())),
+    }
 }
 
 /// Creates the backend that `config` names (it does not connect yet:

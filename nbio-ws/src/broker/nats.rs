@@ -66,6 +66,7 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
         }
         Ok(())
     },
+    history: None,
     create: |url| Ok(Arc::new(NatsBroker::new(url)?)),
 };
 

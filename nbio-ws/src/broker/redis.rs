@@ -86,6 +86,7 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
     url_var: Some("WS_REDIS_URL"),
     default_url: "redis://127.0.0.1:6379/0",
     check_url: |url| super::check_url("WS_REDIS_URL", url, &["redis", "rediss"]),
+    history: None,
     create: |url| Ok(Arc::new(RedisBroker::new(url)?)),
 };
 

@@ -65,6 +65,16 @@ pub(crate) enum Entry {
         except: Option<ClientId>,
         text: Bytes,
     },
+    /// A publication to a room with history: the room's frame with its
+    /// position, and the offset before it (for gap detection).
+    Publication {
+        room: Arc<str>,
+        except: Option<ClientId>,
+        epoch: Arc<str>,
+        offset: u64,
+        prev: u64,
+        text: Bytes,
+    },
     /// Presence replication.
     Presence(Presence),
 }
@@ -120,6 +130,9 @@ impl Entry {
             Entry::Broadcast(b) => 5 + b.len(),
             Entry::Direct(_, b) => 21 + b.len(),
             Entry::Room { room, text, .. } => 25 + room.len() + text.len(),
+            Entry::Publication {
+                room, epoch, text, ..
+            } => 45 + room.len() + epoch.len() + text.len(),
             Entry::Presence(p) => match p {
                 Presence::Join { room, meta, .. } => 33 + room.len() + meta.len(),
                 Presence::Leave { room, .. } => 29 + room.len(),
@@ -167,7 +180,7 @@ impl Entry {
     pub(crate) fn route(&self) -> Route<'_> {
         match self {
             Entry::Broadcast(_) | Entry::Direct(..) => Route::Main,
-            Entry::Room { room, .. } => Route::Room(room),
+            Entry::Room { room, .. } | Entry::Publication { room, .. } => Route::Room(room),
             Entry::Presence(_) => Route::Presence,
         }
     }
@@ -196,6 +209,22 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
                 out.put_u8(b'R');
                 put_str(&mut out, room.as_bytes());
                 out.put_u128(except.map_or(0, ClientId::as_u128));
+                put_str(&mut out, text);
+            }
+            Entry::Publication {
+                room,
+                except,
+                epoch,
+                offset,
+                prev,
+                text,
+            } => {
+                out.put_u8(b'P');
+                put_str(&mut out, room.as_bytes());
+                out.put_u128(except.map_or(0, ClientId::as_u128));
+                put_str(&mut out, epoch.as_bytes());
+                out.put_u64(*offset);
+                out.put_u64(*prev);
                 put_str(&mut out, text);
             }
             Entry::Presence(Presence::Join {
@@ -328,6 +357,18 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
                 Entry::Room {
                     room,
                     except,
+                    text: r.text()?,
+                }
+            }
+            b'P' => {
+                let room = r.name()?;
+                let except = Some(r.client()?).filter(|c| c.as_u128() != 0);
+                Entry::Publication {
+                    room,
+                    except,
+                    epoch: r.name()?,
+                    offset: r.u64()?,
+                    prev: r.u64()?,
                     text: r.text()?,
                 }
             }

@@ -661,6 +661,23 @@ async fn receive_loop(
                 Entry::Broadcast(text) => hub.broadcast(text),
                 Entry::Direct(id, text) => hub.direct(id, text),
                 Entry::Room { room, except, text } => hub.room(&room, except, &text),
+                Entry::Publication {
+                    room,
+                    except,
+                    epoch,
+                    offset,
+                    prev,
+                    text,
+                } => Arc::clone(&hub).publication(
+                    &room,
+                    super::Publication {
+                        epoch,
+                        offset,
+                        prev,
+                        except,
+                        text,
+                    },
+                ),
                 Entry::Presence(p) => match hub.presence(origin, env.origin, p) {
                     Reply::None => {}
                     Reply::AskSnapshot(target) => {

@@ -51,4 +51,16 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     /// Calls `f` for every room with local members, while no local
     /// membership can change.
     fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>));
+    /// A publication to a room with history.
+    fn publication(self: Arc<Self>, room: &str, p: Publication);
+}
+
+/// A publication to a room with history, as it arrives from another
+/// instance.
+pub(crate) struct Publication {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub prev: u64,
+    pub except: Option<ClientId>,
+    pub text: Bytes,
 }

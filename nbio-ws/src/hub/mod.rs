@@ -23,6 +23,7 @@ use serde::Serialize;
 
 pub(crate) mod client;
 pub(crate) mod rooms;
+pub(crate) mod streams;
 
 pub use client::{Client, SendError};
 pub use rooms::RoomSender;
@@ -31,7 +32,7 @@ pub(crate) use client::{CloseRequest, OutRx, Outbound};
 
 use crate::cluster::envelope::{Entry, Presence, SnapshotMembers};
 use crate::cluster::presence::Reply;
-use crate::cluster::{Inbound, Link};
+use crate::cluster::{Inbound, Link, Publication};
 use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::types::ClientId;
@@ -151,6 +152,15 @@ impl Hub {
     /// Other instances whose members are replicated here.
     pub(crate) fn remote_instances(&self) -> usize {
         self.0.rooms.remote_instances()
+    }
+
+    /// Attaches the history store and policies (once).
+    pub(crate) fn attach_history(
+        &self,
+        store: Arc<dyn crate::history::HistoryStore>,
+        config: crate::history::HistoryConfig,
+    ) {
+        self.0.rooms.streams.attach(store, config);
     }
 
     /// Attaches a broker (once; later calls are ignored) and starts its
@@ -354,6 +364,20 @@ impl Inbound for HubInner {
 
     fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>)) {
         self.rooms.local_rooms(f);
+    }
+
+    fn publication(self: Arc<Self>, room: &str, p: Publication) {
+        self.rooms.streams.offer(
+            &self,
+            room,
+            streams::Incoming {
+                epoch: p.epoch,
+                offset: p.offset,
+                prev: p.prev,
+                except: p.except,
+                frame: p.text,
+            },
+        );
     }
 }
 

@@ -60,6 +60,7 @@ use super::Hub;
 use crate::cluster::envelope::{Entry as Wire, Presence, SnapshotMembers};
 use crate::cluster::presence::{Replica, Reply};
 use crate::cluster::Link;
+use crate::history::{HistoryError, Position, Recovery};
 use crate::jsonrpc;
 use crate::types::{ClientId, Member, PresenceEvent};
 
@@ -79,6 +80,8 @@ pub(crate) struct Rooms {
     version: Mutex<u64>,
     /// The other instances' members.
     remote: Replica,
+    /// The sequencers of rooms with history.
+    pub(crate) streams: super::streams::Streams,
 }
 
 impl Default for Rooms {
@@ -89,6 +92,7 @@ impl Default for Rooms {
             events: broadcast::channel(1024).0,
             version: Mutex::new(0),
             remote: Replica::default(),
+            streams: super::streams::Streams::default(),
         }
     }
 }
@@ -184,6 +188,7 @@ impl Rooms {
             None => None,
         };
         if let Some((name, _)) = self.rooms.remove_if(room, |_, members| members.is_empty()) {
+            self.streams.forget(&name);
             if let Some(link) = link {
                 link.room_unsubscribe(&name);
             }
@@ -252,6 +257,14 @@ impl Rooms {
             .filter(|(id, _)| Some(**id) != except)
             .filter(|(_, e)| e.client.send(Outbound::Text(bytes.clone())).is_ok())
             .count()
+    }
+
+    /// The local members of `room`.
+    pub(crate) fn local_members(&self, room: &str) -> Vec<Client> {
+        self.rooms
+            .get(room)
+            .map(|m| m.values().map(|e| e.client.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// How many rooms have members (for tests and metrics).
@@ -378,6 +391,109 @@ impl Client {
             .unwrap_or_default()
     }
 
+    /// Joins `room` (a room with history, see [`history`](crate::history))
+    /// with presence data `meta`, and recovers what the client missed
+    /// since `since`, the last position it saw there.
+    ///
+    /// The answer holds the publications after `since` up to
+    /// [`Recovery::position`], in order; every later publication reaches
+    /// the client live, so it gets each one exactly once. Live ones may
+    /// arrive before the handler's reply: a client buffers them until it
+    /// has the reply. Without `since`, or when the history cannot cover
+    /// the gap, `recovered` is `false` and `publications` holds the latest
+    /// ones (at most `WS_HISTORY_MAX_RECOVER`).
+    ///
+    /// ```
+    /// use nbio_ws::{history::Position, Client, RpcError};
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Join { room: String, since: Option<Position> }
+    ///
+    /// #[nbio_ws::rpc_method("room.join")]
+    /// async fn join(client: Client, nbio_ws::Params(p): nbio_ws::Params<Join>)
+    ///     -> Result<nbio_ws::history::Recovery, RpcError>
+    /// {
+    ///     Ok(client.join_recover(&p.room, serde_json::Value::Null, p.since).await?)
+    /// }
+    /// ```
+    pub async fn join_recover(
+        &self,
+        room: &str,
+        meta: serde_json::Value,
+        since: Option<Position>,
+    ) -> Result<Recovery, HistoryError> {
+        let Some(hub) = self.hub() else {
+            return Err(HistoryError::Invalid("the client is disconnected".into()));
+        };
+        let streams = &hub.0.rooms.streams;
+        let (Some(store), Some(policy), Some(cfg)) = (
+            streams.store().cloned(),
+            streams.policy(room),
+            streams.config(),
+        ) else {
+            return Err(HistoryError::NoHistory(room.to_owned()));
+        };
+        let max = cfg.max_recover;
+        // Joined while no publication of the room can be delivered: the
+        // client gets live exactly those after the state read here.
+        let (joined, state) =
+            streams.with_stream_locked(room, || hub.0.rooms.join(&hub, self, room, meta));
+        if !joined && !self.in_room(room) {
+            return Err(HistoryError::Invalid("the client is disconnected".into()));
+        }
+        hub.room_ready(room).await;
+        let (epoch, top) = match state {
+            Some(s) => s,
+            None => streams.ensure_init(&hub.0, room).await?,
+        };
+        let wanted = since
+            .as_ref()
+            .filter(|s| *s.epoch == *epoch && s.offset <= top)
+            .map(|s| s.offset);
+        let mut recovered = false;
+        let mut entries = Vec::new();
+        if let Some(after) = wanted {
+            let range = store.read(room, policy, Some(after), max + 1).await?;
+            if *range.epoch == *epoch {
+                let upto: Vec<_> = range
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.offset <= top)
+                    .collect();
+                let complete = match (upto.first(), upto.last()) {
+                    (Some(first), Some(last)) => first.prev == after && last.offset == top,
+                    _ => after == top,
+                };
+                if complete && upto.len() <= max {
+                    recovered = true;
+                    entries = upto;
+                }
+            }
+        }
+        if !recovered {
+            let range = store.read(room, policy, None, max).await?;
+            entries = range
+                .entries
+                .into_iter()
+                .filter(|e| e.offset <= top)
+                .collect();
+        }
+        hub.metrics().incr(if recovered {
+            "history_recoveries"
+        } else {
+            "history_recoveries_incomplete"
+        });
+        Ok(Recovery {
+            recovered,
+            position: Position {
+                epoch: epoch.to_string(),
+                offset: top,
+            },
+            publications: crate::history::publications(room, &epoch, &entries),
+        })
+    }
+
     /// Whether this client is in `room`.
     pub fn in_room(&self, room: &str) -> bool {
         self.hub().is_some_and(|hub| {
@@ -427,6 +543,61 @@ impl RoomSender<'_> {
     ) -> Result<usize, serde_json::Error> {
         let bytes = jsonrpc::encode_notification(method, params)?;
         Ok(self.send_text(bytes))
+    }
+
+    /// Publishes the notification `method(params)` to a room that keeps
+    /// history (see [`history`](crate::history)): stores it, which gives
+    /// it its position, then delivers it with that position to every
+    /// member, on every instance. Returns the position, or `None` for a
+    /// room without history (then it is sent like
+    /// [`notify`](Self::notify)).
+    ///
+    /// A publication that cannot be stored (the history backend is
+    /// unreachable) is an error and reaches nobody: never a partial
+    /// delivery. `notify` keeps working meanwhile.
+    pub async fn publish<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<Option<Position>, HistoryError> {
+        let streams = &self.hub.0.rooms.streams;
+        let (Some(store), Some(policy)) = (streams.store(), streams.policy(&self.room)) else {
+            self.notify(method, params)
+                .map_err(|e| HistoryError::Invalid(e.to_string()))?;
+            return Ok(None);
+        };
+        let data = crate::history::encode_data(method, params)
+            .map_err(|e| HistoryError::Invalid(e.to_string()))?;
+        let appended = store.append(&self.room, policy, data.clone()).await?;
+        let frame = crate::history::live_frame(&data, &self.room, &appended.epoch, appended.offset);
+        if !self.local {
+            if let Some(link) = self.hub.link() {
+                link.queue(Wire::Publication {
+                    room: Arc::clone(&self.room),
+                    except: self.except,
+                    epoch: Arc::clone(&appended.epoch),
+                    offset: appended.offset,
+                    prev: appended.prev,
+                    text: frame.clone(),
+                });
+            }
+        }
+        self.hub.metrics().incr("history_publications");
+        streams.offer(
+            &self.hub.0,
+            &self.room,
+            super::streams::Incoming {
+                epoch: Arc::clone(&appended.epoch),
+                offset: appended.offset,
+                prev: appended.prev,
+                except: self.except,
+                frame,
+            },
+        );
+        Ok(Some(Position {
+            epoch: appended.epoch.to_string(),
+            offset: appended.offset,
+        }))
     }
 
     /// Queues an encoded text message for every member (and publishes it
@@ -486,6 +657,20 @@ impl Hub {
     /// events behind gets `RecvError::Lagged` and skips ahead.
     pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent> {
         self.0.rooms.events.subscribe()
+    }
+
+    /// The current position of `room`'s stream, without joining it
+    /// (`None` for a room without history).
+    pub async fn position(&self, room: &str) -> Result<Option<Position>, HistoryError> {
+        let streams = &self.0.rooms.streams;
+        let (Some(store), Some(policy)) = (streams.store(), streams.policy(room)) else {
+            return Ok(None);
+        };
+        let range = store.read(room, policy, None, 0).await?;
+        Ok(Some(Position {
+            epoch: range.epoch.to_string(),
+            offset: range.top,
+        }))
     }
 
     /// How many rooms have at least one member on this instance.

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::Server;
 use crate::auth::{AllowedOrigins, Authenticator, BearerToken};
 use crate::config::Config;
+use crate::history::{HistoryPolicy, HistoryStore};
 use crate::http::gate::Gate;
 use crate::http::WsEndpoint;
 use crate::hub::{Client, Hub};
@@ -106,6 +107,7 @@ pub struct ServerBuilder {
     close_timeout: Duration,
     pages: std::collections::HashMap<String, (&'static str, bytes::Bytes)>,
     broker: Option<Arc<dyn crate::broker::Broker>>,
+    history_store: Option<Arc<dyn HistoryStore>>,
     /// A custom authenticator (see [`crate::auth`]).
     authenticator: Option<Arc<dyn Authenticator>>,
     /// A security setting given to the builder that does not parse.
@@ -127,6 +129,7 @@ impl ServerBuilder {
             close_timeout: Duration::from_secs(5),
             pages: std::collections::HashMap::new(),
             broker: None,
+            history_store: None,
             authenticator: None,
             security_error: None,
         }
@@ -282,6 +285,41 @@ impl ServerBuilder {
     /// ```
     pub fn broker<B: crate::broker::Broker>(mut self, broker: B) -> Self {
         self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// Keeps history for the rooms whose name matches `pattern` (`lobby`,
+    /// `chat.*` for a prefix, `*` for all): the last `size` publications,
+    /// each for `ttl`. Rules are tried in the order they were given, before
+    /// the default of `WS_HISTORY_SIZE` / `WS_HISTORY_TTL`. See
+    /// [`history`](crate::history).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = nbio_ws::Server::builder()
+    ///     .history("chat.*", 100, Duration::from_secs(600))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(server.config().history.policy("chat.lobby").size, 100);
+    /// ```
+    pub fn history(self, pattern: impl Into<String>, size: usize, ttl: Duration) -> Self {
+        let rule = (pattern.into(), HistoryPolicy::new(size, ttl));
+        self.set(move |c| c.history.rules.push(rule.clone()))
+    }
+
+    /// Most publications one recovery returns (`WS_HISTORY_MAX_RECOVER`,
+    /// default 1000); a bigger gap is answered with `recovered: false`.
+    pub fn history_max_recover(self, publications: usize) -> Self {
+        self.set(move |c| c.history.max_recover = publications.max(1))
+    }
+
+    /// Keeps history in this store instead of the one the pub/sub
+    /// adapter implies (memory without a broker, Redis with `redis`,
+    /// JetStream with `nats`). Servers that share a
+    /// [`MemoryHistory`](crate::history::MemoryHistory) in one process
+    /// share their rooms' streams.
+    pub fn history_store<S: HistoryStore>(mut self, store: S) -> Self {
+        self.history_store = Some(Arc::new(store));
         self
     }
 
@@ -571,6 +609,13 @@ impl ServerBuilder {
         let hub = Hub::with_metrics(Arc::clone(&metrics));
         if let Some(b) = broker {
             hub.attach_broker(b, &cfg.pubsub.channel, cfg.pubsub.presence_ttl);
+        }
+        if cfg.history.any() || self.history_store.is_some() {
+            let store = match self.history_store {
+                Some(s) => s,
+                None => crate::broker::history_store(&cfg.pubsub)?,
+            };
+            hub.attach_history(store, cfg.history.clone());
         }
         let mode = match self.raw {
             Some(raw) => Mode::Raw(raw),
