@@ -1,11 +1,14 @@
 // The nbio-ws chat page: plain JavaScript, no build step.
 //
-// Talks JSON-RPC 2.0 over one WebSocket at /ws on the page's own host.
+// Talks JSON-RPC 2.0 over one WebSocket at /ws on the page's own host,
+// through the nbio-ws client (/nbio-ws.js: clients/js in the repository),
+// which reconnects with backoff and rejoins the rooms after a reconnect.
 // Every string that came from a user or the server is put in the page with
 // textContent (never innerHTML), so a message is always shown as text.
-"use strict";
 
-(() => {
+import { Client, RpcError } from "/nbio-ws.js";
+
+{
   const $ = (id) => document.getElementById(id);
   const els = {
     conn: $("conn"),
@@ -44,7 +47,7 @@
 
   const state = {
     nick: "",
-    /** room name -> { members: string[], log: entry[], seen: Set, unread: number } */
+    /** room name -> { members: string[], log: entry[], seen: Set, unread: number, joined: boolean } */
     rooms: new Map(),
     /** The room on screen. */
     active: null,
@@ -53,32 +56,28 @@
   function roomState(name) {
     let r = state.rooms.get(name);
     if (!r) {
-      r = { members: [], log: [], seen: new Set(), unread: 0 };
+      r = { members: [], log: [], seen: new Set(), unread: 0, joined: false };
       state.rooms.set(name, r);
     }
     return r;
   }
 
-  // ---- JSON-RPC over a reconnecting WebSocket -------------------------------
+  // ---- the connection (nbio-ws client) ---------------------------------------
 
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
-
-  let ws = null;
-  let nextId = 1;
-  const pending = new Map(); // id -> {resolve, reject, timer}
-  let attempt = 0;
-  let retryTimer = null;
-  let countdownTimer = null;
+  const CALL_TIMEOUT_MS = 15000;
+  const client = new Client(wsUrl(), { initialDelay: 500, maxDelay: 15000, timeout: CALL_TIMEOUT_MS });
   let everOpened = false;
+  let countdownTimer = null;
 
-  class RpcError extends Error {
-    constructor(error) {
-      const detail = error && error.data && error.data.detail;
-      super(detail ? `${error.message}: ${detail}` : (error && error.message) || "error");
-      this.code = error && error.code;
-      this.detail = detail;
+  /** The server's words: the message, and `data.detail` when there is one. */
+  function errorText(e) {
+    if (e instanceof RpcError) {
+      const detail = e.data && e.data.detail;
+      if (e.kind === "remote") return detail ? `${e.message}: ${detail}` : e.message;
+      if (e.kind === "timeout") return "no answer from the server";
+      return "not connected to the server";
     }
+    return e && e.message ? e.message : String(e);
   }
 
   function setConn(stateName, text) {
@@ -89,120 +88,74 @@
     updateControls();
   }
 
-  function connect() {
-    clearTimeout(retryTimer);
+  client.addEventListener("connecting", () => {
     clearInterval(countdownTimer);
-    retryTimer = countdownTimer = null;
     setConn("connecting", everOpened ? "Reconnecting…" : "Connecting…");
-    let sock;
-    try {
-      sock = new WebSocket(wsUrl());
-    } catch (e) {
-      scheduleReconnect();
-      return;
+  });
+  let online = false;
+  client.addEventListener("connected", () => {
+    everOpened = online = true;
+    setConn("open", "Connected");
+    // After a close for good and "Reconnect now", the client has forgotten its rooms.
+    for (const [room, h] of handles) if (h.state === "idle") join(room, state.nick).catch(showError);
+  });
+  client.addEventListener("disconnected", (ev) => {
+    if (online) {
+      for (const room of state.rooms.keys()) addNotice(room, "info", "Connection lost; reconnecting…");
     }
-    ws = sock;
-    sock.onopen = () => {
-      if (sock !== ws) return;
-      sock.wasOpen = true;
-      attempt = 0;
-      const again = everOpened;
-      everOpened = true;
-      setConn("open", "Connected");
-      if (again) rejoinAll();
-    };
-    sock.onmessage = (ev) => {
-      if (sock !== ws) return;
-      let msg;
-      try {
-        msg = JSON.parse(ev.data);
-      } catch {
-        return;
-      }
-      for (const m of Array.isArray(msg) ? msg : [msg]) handleMessage(m);
-    };
-    sock.onclose = () => {
-      if (sock !== ws) return;
-      ws = null;
-      if (sock.wasOpen) {
-        for (const room of state.rooms.keys()) addNotice(room, "info", "Connection lost; reconnecting…");
-      }
-      for (const [, p] of pending) {
-        clearTimeout(p.timer);
-        p.reject(new Error("connection lost"));
-      }
-      pending.clear();
-      scheduleReconnect();
-    };
-    // onerror is always followed by onclose; nothing to do here.
-    sock.onerror = () => {};
-  }
-
-  function scheduleReconnect() {
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
-    const delay = Math.round(base * (0.7 + Math.random() * 0.3));
-    attempt += 1;
-    const due = Date.now() + delay;
+    online = false;
+    const due = Date.now() + ev.detail.delay;
     const tick = () => {
       const s = Math.max(0, Math.ceil((due - Date.now()) / 1000));
       setConn("waiting", `Disconnected — retrying in ${s}s`);
     };
+    clearInterval(countdownTimer);
     tick();
     countdownTimer = setInterval(tick, 250);
-    retryTimer = setTimeout(connect, delay);
-  }
+  });
+  client.addEventListener("closed", (ev) => {
+    online = false;
+    clearInterval(countdownTimer);
+    setConn("waiting", `Disconnected (${ev.detail.code})`);
+  });
+  els.reconnectNow.addEventListener("click", () => client.connect());
 
-  function call(method, params) {
-    return new Promise((resolve, reject) => {
-      if (!ws || ws.readyState !== WebSocket.OPEN) {
-        reject(new Error("not connected to the server"));
-        return;
-      }
-      const id = nextId++;
-      const timer = setTimeout(() => {
-        if (pending.delete(id)) reject(new Error(`${method}: no answer from the server`));
-      }, 15000);
-      pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ jsonrpc: "2.0", method, params, id }));
-    });
-  }
+  // Every join and rejoin (the client rejoins by itself after a reconnect).
+  client.addEventListener("joined", (ev) => {
+    const { room, result } = ev.detail;
+    const r = state.rooms.get(room);
+    if (!r) return;
+    r.members = Array.isArray(result.members) ? result.members.slice() : [];
+    // Without stream positions the history is plain messages; with them the
+    // client delivers it to the chat.message handler (recovered, once each).
+    if (!result.position) for (const msg of result.history || []) addChatMessage(room, msg, false);
+    if (r.joined) addNotice(room, "info", "Reconnected.");
+    r.joined = true;
+    if (room === state.active) renderMembers();
+  });
+  client.addEventListener("unrecovered", (ev) => {
+    addNotice(ev.detail.room, "info", "Some messages may be missing.");
+  });
+  // A rejoin refused after a reconnect: the room is gone.
+  client.addEventListener("roomerror", (ev) => {
+    const r = state.rooms.get(ev.detail.room);
+    if (!r || !r.joined) return;
+    showError(ev.detail.error);
+    dropRoom(ev.detail.room);
+    render();
+  });
+  client.addEventListener("error", (ev) => showError(ev.detail.error));
 
-  function handleMessage(m) {
-    if (!m || typeof m !== "object") return;
-    if ("id" in m && m.id !== null && !("method" in m)) {
-      const p = pending.get(m.id);
-      if (!p) return;
-      pending.delete(m.id);
-      clearTimeout(p.timer);
-      if (m.error) p.reject(new RpcError(m.error));
-      else p.resolve(m.result);
-      return;
-    }
-    if ("error" in m) {
-      // An error without an id (a parse error): nothing to match it to.
-      showError(new RpcError(m.error));
-      return;
-    }
-    const params = m.params || {};
-    switch (m.method) {
-      case "chat.message":
-        onMessage(params);
-        break;
-      case "chat.joined":
-        onPresence(params, "joined");
-        break;
-      case "chat.left":
-        onPresence(params, "left");
-        break;
-      default:
-        break;
-    }
-  }
+  const call = (method, params) => client.call(method, params);
+
+  client.on("chat.message", (p) => addChatMessage(p.room, p, true));
+  client.on("chat.joined", (p) => onPresence(p, "joined"));
+  client.on("chat.left", (p) => onPresence(p, "left"));
 
   // ---- errors --------------------------------------------------------------
 
   function showError(err) {
-    els.errorText.textContent = err && err.message ? err.message : String(err);
+    els.errorText.textContent = errorText(err);
     els.error.hidden = false;
   }
 
@@ -212,44 +165,42 @@
   }
 
   els.errorClose.addEventListener("click", clearError);
-  els.reconnectNow.addEventListener("click", () => {
-    attempt = 0;
-    connect();
-  });
 
   // ---- chat actions --------------------------------------------------------
 
+  /** The client's room objects, by name. */
+  const handles = new Map();
+
   async function join(room, nick) {
-    const res = await call("chat.join", { room, nick });
+    const fresh = !state.rooms.has(room);
+    roomState(room); // before the reply: recovered messages may come with it
+    const handle = client.room(room, {
+      // After a reconnect the client calls this again with the last position.
+      join: (since) => ({ method: "chat.join", params: since ? { room, nick, since } : { room, nick } }),
+      leave: () => ({ method: "chat.leave", params: { room } }),
+    });
+    try {
+      await handle.join();
+    } catch (e) {
+      if (fresh) state.rooms.delete(room);
+      throw e;
+    }
+    handles.set(room, handle);
     state.nick = nick;
     saveNick(nick);
-    const r = roomState(res.room);
-    r.members = Array.isArray(res.members) ? res.members.slice() : [];
-    for (const msg of res.history || []) addChatMessage(res.room, msg, false);
-    return res.room;
-  }
-
-  async function rejoinAll() {
-    for (const room of [...state.rooms.keys()]) {
-      try {
-        await join(room, state.nick);
-        addNotice(room, "info", "Reconnected.");
-      } catch (e) {
-        showError(e);
-        if (ws && ws.readyState === WebSocket.OPEN) dropRoom(room);
-      }
-    }
-    render();
+    return room;
   }
 
   function dropRoom(room) {
     state.rooms.delete(room);
+    handles.delete(room);
     if (state.active === room) state.active = state.rooms.keys().next().value || null;
   }
 
   async function leave(room) {
     try {
-      await call("chat.leave", { room });
+      const handle = handles.get(room);
+      if (handle) await handle.leave();
     } catch (e) {
       // -32010: the server already forgot us there; drop it all the same.
       if (!(e instanceof RpcError && e.code === -32010)) {
@@ -312,10 +263,6 @@
     const entry = { kind: "notice", notice: kind, text, ts: Date.now() };
     r.log.push(entry);
     if (room === state.active) appendEntry(entry);
-  }
-
-  function onMessage(p) {
-    addChatMessage(p.room, p, true);
   }
 
   function onPresence(p, what) {
@@ -435,7 +382,7 @@
   }
 
   function updateControls() {
-    const online = !!ws && ws.readyState === WebSocket.OPEN;
+    const online = client.state === "connected";
     els.sendBtn.disabled = !online;
     els.joinBtn.disabled = !online;
     els.leaveBtn.disabled = !online;
@@ -557,5 +504,4 @@
   els.text.addEventListener("input", autosize);
 
   render();
-  connect();
-})();
+}

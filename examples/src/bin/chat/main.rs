@@ -252,6 +252,12 @@ async fn main() -> std::process::ExitCode {
             "text/javascript; charset=utf-8",
             include_str!("../../../chat/static/app.js"),
         )
+        // The nbio-ws JavaScript client, which app.js imports.
+        .page(
+            "/nbio-ws.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../../../../clients/js/nbio-ws.js"),
+        )
         .page(
             "/style.css",
             "text/css; charset=utf-8",
