@@ -29,7 +29,12 @@ pub enum LogFormat {
 /// | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
 /// | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
 /// | `WS_MAX_MESSAGE_SIZE` | `1048576` | largest message accepted, in bytes (after reassembly) |
-/// | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for queues to drain |
+/// | `WS_SHUTDOWN_TIMEOUT` | `10s` | how long graceful shutdown waits for handlers and queues |
+/// | `WS_MAX_BATCH` | `100` | most requests in one batch (a larger one is refused whole with -32600) |
+/// | `WS_MAX_CONCURRENT_REQUESTS` | `64` | requests of one connection running at once, batch elements included (past it the connection stops reading) |
+/// | `WS_REQUEST_TIMEOUT` | off | a handler running longer is cancelled and answered with -32008 (`0` or `off`: no timeout) |
+/// | `WS_MAX_RESPONSE_SIZE` | `4MiB` | most bytes of results in the reply to one message (past it -32603 "Response too large") |
+/// | `WS_ADMIN_ADDR` | — | serve `/health` and `/metrics` on this address instead of the public port (e.g. `127.0.0.1:9090`) |
 /// | `WS_LOG_LEVEL` | `info` | `trace`, `debug`, `info`, `warn`, `error`, or a `tracing` filter |
 /// | `WS_LOG_FORMAT` | `text` | `text` or `json` |
 /// | `WS_PUBSUB_ENABLED` | `false` | use a broker to reach the clients of other instances |
@@ -105,8 +110,26 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// Largest accepted message, in bytes, after fragments are reassembled.
     pub max_message_size: usize,
-    /// How long graceful shutdown waits for queued messages to be written.
+    /// How long graceful shutdown waits for running handlers and queued
+    /// messages.
     pub shutdown_timeout: Duration,
+    /// Most requests in one batch; a larger batch is answered with one
+    /// -32600 error and none of it runs.
+    pub max_batch: usize,
+    /// Requests of one connection that may run at once (each element of a
+    /// batch counts); at the limit the connection stops reading.
+    pub max_concurrent_requests: usize,
+    /// A handler that runs longer is cancelled and its request answered
+    /// with -32008 ([`RpcError::REQUEST_TIMEOUT`](crate::RpcError::REQUEST_TIMEOUT));
+    /// `None` for no timeout.
+    pub request_timeout: Option<Duration>,
+    /// Most bytes of results in the reply to one message (a batch's
+    /// elements together); a result past it is answered with -32603
+    /// "Response too large" instead.
+    pub max_response_size: usize,
+    /// Where `/health` and `/metrics` are served when set: a listener of
+    /// their own, and the public port answers 404 for them.
+    pub admin_addr: Option<std::net::SocketAddr>,
     /// Log filter (`info`, `debug`, or a full `tracing` filter).
     pub log_level: String,
     /// Log format.
@@ -136,6 +159,11 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(60),
             max_message_size: 1 << 20,
             shutdown_timeout: Duration::from_secs(10),
+            max_batch: 100,
+            max_concurrent_requests: 64,
+            request_timeout: None,
+            max_response_size: 4 << 20,
+            admin_addr: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             pubsub: crate::broker::PubSubConfig::default(),
@@ -194,6 +222,42 @@ impl Config {
                     parse_duration,
                 )?
                 .unwrap_or(d.shutdown_timeout),
+            max_batch: env
+                .parse("WS_MAX_BATCH", "a positive number of requests", |v| {
+                    v.parse().ok().filter(|n| *n > 0)
+                })?
+                .unwrap_or(d.max_batch),
+            max_concurrent_requests: env
+                .parse(
+                    "WS_MAX_CONCURRENT_REQUESTS",
+                    "a positive number of requests",
+                    |v| v.parse().ok().filter(|n| *n > 0),
+                )?
+                .unwrap_or(d.max_concurrent_requests),
+            request_timeout: env
+                .parse(
+                    "WS_REQUEST_TIMEOUT",
+                    "a duration such as 500ms, 30s or 1m, or off",
+                    |v| match v.to_ascii_lowercase().as_str() {
+                        "off" | "none" => Some(None),
+                        _ => parse_duration(v).map(|d| (!d.is_zero()).then_some(d)),
+                    },
+                )?
+                .unwrap_or(d.request_timeout),
+            max_response_size: env
+                .parse(
+                    "WS_MAX_RESPONSE_SIZE",
+                    "a positive size in bytes (e.g. 4194304 or 4MiB)",
+                    |v| parse_size(v).filter(|n| *n > 0),
+                )?
+                .unwrap_or(d.max_response_size),
+            admin_addr: env
+                .parse(
+                    "WS_ADMIN_ADDR",
+                    "an address and port such as 127.0.0.1:9090",
+                    |v| v.parse().ok(),
+                )?
+                .or(d.admin_addr),
             log_level: match env.string("WS_LOG_LEVEL")? {
                 Some(l) => {
                     if tracing_subscriber::EnvFilter::try_new(&l).is_err() {
@@ -266,8 +330,28 @@ mod tests {
             ("WS_MAX_MESSAGE_SIZE", "64KiB"),
             ("WS_LOG_LEVEL", "debug"),
             ("WS_LOG_FORMAT", "json"),
+            ("WS_MAX_BATCH", "10"),
+            ("WS_MAX_CONCURRENT_REQUESTS", "4"),
+            ("WS_REQUEST_TIMEOUT", "2s"),
+            ("WS_MAX_RESPONSE_SIZE", "1MiB"),
+            ("WS_ADMIN_ADDR", "127.0.0.1:9090"),
         ])
         .unwrap();
+        assert_eq!(c.max_batch, 10);
+        assert_eq!(c.max_concurrent_requests, 4);
+        assert_eq!(c.request_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.max_response_size, 1 << 20);
+        assert_eq!(c.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            cfg(&[("WS_REQUEST_TIMEOUT", "off")])
+                .unwrap()
+                .request_timeout,
+            None
+        );
+        assert_eq!(
+            cfg(&[("WS_REQUEST_TIMEOUT", "0")]).unwrap().request_timeout,
+            None
+        );
         assert_eq!(c.bind_addr(), "0.0.0.0:9001");
         assert_eq!(c.send_buffer, 16);
         assert_eq!(c.ping_interval, Duration::from_secs(60));
@@ -286,6 +370,11 @@ mod tests {
             ("WS_MAX_MESSAGE_SIZE", "-1"),
             ("WS_LOG_FORMAT", "xml"),
             ("WS_PATH", "ws"),
+            ("WS_MAX_BATCH", "0"),
+            ("WS_MAX_CONCURRENT_REQUESTS", "many"),
+            ("WS_REQUEST_TIMEOUT", "soon"),
+            ("WS_MAX_RESPONSE_SIZE", "0"),
+            ("WS_ADMIN_ADDR", "localhost"),
         ] {
             let e = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var);

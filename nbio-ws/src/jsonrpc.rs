@@ -31,6 +31,18 @@ pub const INTERNAL_ERROR: i64 = -32603;
 /// server-error range); `data.retry_after_ms` says when to try again. See
 /// [`limits`](crate::limits).
 pub const RATE_LIMITED: i64 = -32029;
+/// The handler did not finish within the request timeout
+/// (`WS_REQUEST_TIMEOUT`) and was cancelled (`-32008`, in the server-error
+/// range); `data.timeout_ms` gives the timeout.
+pub const REQUEST_TIMEOUT: i64 = -32008;
+
+/// The most bytes of a method name that a `-32601` error echoes in
+/// `data.method`; a longer name is cut (at a character boundary) and the
+/// error carries `data.truncated: true`.
+pub const MAX_ECHOED_METHOD: usize = 128;
+/// The most bytes of a `data.detail` text; a longer one is cut (at a
+/// character boundary) and ends with `…`.
+pub const MAX_DETAIL: usize = 256;
 
 /// A JSON-RPC error object: what a handler returns to fail a request.
 ///
@@ -74,6 +86,10 @@ impl RpcError {
     /// server-error range); `data.retry_after_ms` says when to try again.
     /// See [`limits`](crate::limits).
     pub const RATE_LIMITED: i64 = RATE_LIMITED;
+    /// The handler did not finish within the request timeout
+    /// (`WS_REQUEST_TIMEOUT`) and was cancelled (`-32008`);
+    /// `data.timeout_ms` gives the timeout.
+    pub const REQUEST_TIMEOUT: i64 = REQUEST_TIMEOUT;
 
     /// An error with the given code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
@@ -100,10 +116,25 @@ impl RpcError {
         Self::new(INVALID_REQUEST, "Invalid Request").with_detail(detail)
     }
 
-    /// `-32601 Method not found`, naming the method in `data.method`.
+    /// `-32601 Method not found`, naming the method in `data.method`. At
+    /// most [`MAX_ECHOED_METHOD`](crate::jsonrpc::MAX_ECHOED_METHOD)
+    /// (128) bytes of the name are echoed; a longer one is cut and
+    /// `data.truncated` is `true`.
+    ///
+    /// ```
+    /// let e = nbio_ws::RpcError::method_not_found(&"x".repeat(10_000));
+    /// let data = e.data.unwrap();
+    /// assert_eq!(data["method"].as_str().unwrap().len(), 128);
+    /// assert_eq!(data["truncated"], true);
+    /// ```
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(METHOD_NOT_FOUND, "Method not found")
-            .with_data(serde_json::json!({ "method": method }))
+        let echoed = cut(method, MAX_ECHOED_METHOD);
+        let data = if echoed.len() < method.len() {
+            serde_json::json!({ "method": echoed, "truncated": true })
+        } else {
+            serde_json::json!({ "method": method })
+        };
+        Self::new(METHOD_NOT_FOUND, "Method not found").with_data(data)
     }
 
     /// `-32602 Invalid params`, with `data.detail` saying what is wrong.
@@ -130,8 +161,39 @@ impl RpcError {
             .with_data(serde_json::json!({ "retry_after_ms": ms }))
     }
 
+    /// `-32008 Request timed out`, with `data.timeout_ms`: the handler ran
+    /// longer than the request timeout and was cancelled.
+    pub(crate) fn request_timeout(timeout: std::time::Duration) -> Self {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        Self::new(REQUEST_TIMEOUT, "Request timed out")
+            .with_data(serde_json::json!({ "timeout_ms": ms }))
+    }
+
+    /// `-32600`, for a batch of more than `max` elements: none of it runs.
+    pub(crate) fn batch_too_large(max: usize) -> Self {
+        Self::new(
+            INVALID_REQUEST,
+            format!("batch too large: at most {max} requests"),
+        )
+        .with_data(serde_json::json!({ "max_batch": max }))
+    }
+
+    /// `-32603`, for a result whose reply would exceed `max` bytes.
+    pub(crate) fn response_too_large(bytes: usize, max: usize) -> Self {
+        Self::new(INTERNAL_ERROR, "Response too large")
+            .with_data(serde_json::json!({ "bytes": bytes, "max_bytes": max }))
+    }
+
+    /// `data.detail`, cut to [`MAX_DETAIL`] bytes: details often quote
+    /// what the client sent (serde's messages do).
     fn with_detail(self, detail: impl fmt::Display) -> Self {
-        self.with_data(serde_json::json!({ "detail": detail.to_string() }))
+        let mut text = detail.to_string();
+        if text.len() > MAX_DETAIL {
+            let keep = cut(&text, MAX_DETAIL - '…'.len_utf8()).len();
+            text.truncate(keep);
+            text.push('…');
+        }
+        self.with_data(serde_json::json!({ "detail": text }))
     }
 
     /// A short label for the error class, used for the `errors_total`
@@ -144,6 +206,7 @@ impl RpcError {
             INVALID_PARAMS => "invalid_params",
             INTERNAL_ERROR => "internal_error",
             RATE_LIMITED => "rate_limited",
+            REQUEST_TIMEOUT => "request_timeout",
             _ => "application",
         }
     }
@@ -235,9 +298,29 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// Parses one text message into a request, a batch or an error.
 pub fn parse(text: &str) -> Message<'_> {
+    parse_limited(text, usize::MAX)
+}
+
+/// [`parse`], refusing a batch of more than `max_batch` elements with one
+/// `-32600` error. The elements are counted while the array is scanned and
+/// the scan stops at the first one too many, so an oversized batch costs
+/// no more than `max_batch` elements (and is refused even when what
+/// follows is not valid JSON).
+pub fn parse_limited(text: &str, max_batch: usize) -> Message<'_> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        match serde_json::from_str::<Vec<&RawValue>>(text) {
+        let too_large = std::cell::Cell::new(false);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let items = de::DeserializeSeed::deserialize(
+            BoundedBatch {
+                max: max_batch,
+                too_large: &too_large,
+            },
+            &mut de,
+        )
+        .and_then(|items| de.end().map(|()| items));
+        match items {
+            _ if too_large.get() => Message::Error(RpcError::batch_too_large(max_batch)),
             Ok(items) if items.is_empty() => {
                 Message::Error(RpcError::invalid_request("empty batch"))
             }
@@ -255,6 +338,51 @@ pub fn parse(text: &str) -> Message<'_> {
         }
         parse_two_pass(text)
     }
+}
+
+/// Deserializes a JSON array into its raw elements, failing (and setting
+/// `too_large`) at element `max + 1`.
+struct BoundedBatch<'c> {
+    max: usize,
+    too_large: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for BoundedBatch<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for BoundedBatch<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of requests")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.max {
+                self.too_large.set(true);
+                return Err(de::Error::custom("batch too large"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let end = (0..=max.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    &s[..end]
 }
 
 /// [`parse`] without its one-pass shortcut for single requests: the whole

@@ -18,7 +18,7 @@ use crate::http::WsEndpoint;
 use crate::hub::{Client, Hub};
 use crate::limits::TrustedProxies;
 use crate::metrics::Metrics;
-use crate::router::{registered_methods, ErasedHandler, Handler, Router, StateMap};
+use crate::router::{registered_methods, ErasedHandler, Handler, RequestLimits, Router, StateMap};
 use crate::tls::TlsConfig;
 use crate::ws::conn::{Hook, Mode, RawHandler, Settings, Shared};
 use crate::ws::RawMessage;
@@ -103,7 +103,6 @@ pub struct ServerBuilder {
     on_connect: Option<Hook>,
     on_disconnect: Option<Hook>,
     raw: Option<RawHandler>,
-    max_inflight: usize,
     close_timeout: Duration,
     pages: std::collections::HashMap<String, (&'static str, bytes::Bytes)>,
     broker: Option<Arc<dyn crate::broker::Broker>>,
@@ -125,7 +124,6 @@ impl ServerBuilder {
             on_connect: None,
             on_disconnect: None,
             raw: None,
-            max_inflight: 64,
             close_timeout: Duration::from_secs(5),
             pages: std::collections::HashMap::new(),
             broker: None,
@@ -223,12 +221,45 @@ impl ServerBuilder {
         self
     }
 
-    /// How many requests of one connection may wait at once (default 64).
-    /// Past that the server stops reading from that connection until one
-    /// finishes.
-    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
-        self.max_inflight = n;
-        self
+    /// How many requests of one connection may run at once, each element
+    /// of a batch counting as one (`WS_MAX_CONCURRENT_REQUESTS`, default
+    /// 64). At the limit the connection stops reading new messages until
+    /// one finishes; pings, the pong timeout, its outbound queue, close
+    /// and shutdown go on. The elements of a batch past the limit wait
+    /// their turn.
+    pub fn max_concurrent_requests(self, n: usize) -> Self {
+        self.set(move |c| c.max_concurrent_requests = n)
+    }
+
+    /// Most requests in one batch (`WS_MAX_BATCH`, default 100). A larger
+    /// batch is answered with one -32600 error, id `null`, message `batch
+    /// too large: at most N requests`; none of it runs. The elements are
+    /// counted as the array is scanned, so a huge batch costs no more than
+    /// `n` elements.
+    pub fn max_batch(self, n: usize) -> Self {
+        self.set(move |c| c.max_batch = n)
+    }
+
+    /// Cancels a handler that runs longer than `timeout` and answers its
+    /// request with -32008 "Request timed out", `data.timeout_ms`
+    /// (`WS_REQUEST_TIMEOUT`; default none).
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.set(move |c| c.request_timeout = (!timeout.is_zero()).then_some(timeout))
+    }
+
+    /// Most bytes of results in the reply to one message, the elements of
+    /// a batch together (`WS_MAX_RESPONSE_SIZE`, default 4 MiB). A result
+    /// that does not fit is answered with -32603 "Response too large",
+    /// `data.bytes` and `data.max_bytes`, instead.
+    pub fn max_response_size(self, bytes: usize) -> Self {
+        self.set(move |c| c.max_response_size = bytes)
+    }
+
+    /// Serves `/health` and `/metrics` on a listener of their own at
+    /// `addr` (`WS_ADMIN_ADDR`), plain HTTP; the public port then answers
+    /// 404 for both. Keep it on loopback or an internal network.
+    pub fn admin_addr(self, addr: SocketAddr) -> Self {
+        self.set(move |c| c.admin_addr = Some(addr))
     }
 
     /// Serves a static page (HTML, JavaScript, CSS...) at `path` with GET,
@@ -557,7 +588,9 @@ impl ServerBuilder {
         for (name, v) in [
             ("max_message_size", cfg.max_message_size),
             ("send_buffer", cfg.send_buffer),
-            ("max_concurrent_requests", self.max_inflight),
+            ("max_concurrent_requests", cfg.max_concurrent_requests),
+            ("max_batch", cfg.max_batch),
+            ("max_response_size", cfg.max_response_size),
         ] {
             if v == 0 {
                 return Err(BuildError::Zero(name));
@@ -623,6 +656,11 @@ impl ServerBuilder {
                 all.into_iter().map(|(n, h, _)| (n, h)).collect(),
                 self.state,
                 metrics,
+                RequestLimits {
+                    max_batch: cfg.max_batch,
+                    max_response_size: cfg.max_response_size,
+                    request_timeout: cfg.request_timeout,
+                },
             )),
         };
         if let Some(e) = self.security_error {
@@ -644,7 +682,7 @@ impl ServerBuilder {
             pong_timeout: cfg.pong_timeout,
             close_timeout: self.close_timeout,
             drain_timeout: cfg.shutdown_timeout,
-            max_inflight: self.max_inflight,
+            max_inflight: cfg.max_concurrent_requests,
         };
         let shared = Arc::new(Shared {
             hub,
@@ -653,6 +691,7 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             shutting_down: AtomicBool::new(false),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         let endpoint = WsEndpoint {
             shared,

@@ -2,10 +2,11 @@
 //! graceful shutdown.
 //!
 //! Shutdown, whether from [`shutdown_signal`] (SIGINT/SIGTERM) or a future
-//! of your own, goes in this order: stop accepting; close every client with
-//! 1001 after writing what is already queued for it (each bounded by the
-//! shutdown timeout); wait for the connections to end, at most the shutdown
-//! timeout; return `Ok(())`.
+//! of your own, goes in this order: stop accepting; every connection stops
+//! reading, lets its running handlers finish and writes their replies and
+//! what else is queued, then closes with 1001 (all of it bounded by the
+//! shutdown timeout; handlers still running then are cancelled); wait for
+//! the connections to end, at most the shutdown timeout; return `Ok(())`.
 
 mod builder;
 
@@ -233,7 +234,9 @@ impl Server {
             .shared
             .shutting_down
             .store(true, Ordering::Release);
-        self.hub().close_all(1001, "server shutting down");
+        // Each connection stops reading, gives its handlers until the
+        // timeout to finish, writes what is queued and closes with 1001.
+        self.endpoint.shared.stop.cancel();
         self.endpoint.tracker.close();
         let wait = async {
             tokio::join!(http_tasks.wait(), self.endpoint.tracker.wait());

@@ -3,9 +3,24 @@
 //!
 //! The task owns the upgraded socket and selects over: more bytes from the
 //! client (the [`frame`](super::frame) reader is cancel-safe), the
-//! client's outbound queue, close requests, and the ping timer. Handlers
-//! that finish at once run inline; handlers that wait are spawned, so
-//! requests of one connection run concurrently.
+//! client's outbound queue, close requests, its handler tasks, shutdown
+//! and the ping timer. Nothing in that loop waits for a handler: handlers
+//! that finish at once run inline; handlers that wait become tasks of the
+//! connection ([`InFlight`]), so requests of one connection run
+//! concurrently, up to the concurrency limit.
+//!
+//! At that limit the connection stops dispatching messages, and soon
+//! stops reading them: it reads on only while the messages held back stay
+//! under [`MAX_HELD`] and the message size limit in bytes, so that pings,
+//! pongs and close frames sent behind them are still seen. Everything
+//! else goes on: pings on the timer, the pong timeout, the outbound queue,
+//! close requests and shutdown. A client that keeps sending past that is
+//! simply not read (TCP pushes back) until a request finishes.
+//!
+//! Handler tasks belong to their connection: when it ends, those still
+//! running are cancelled (aborted). On graceful shutdown the connection
+//! first stops reading, waits (within the shutdown timeout) for its
+//! handlers and writes their replies, then closes with 1001.
 //!
 //! The framework enforces what fastwebsockets 0.10 leaves open:
 //!
@@ -21,6 +36,7 @@
 //! | outbound queue full (slow consumer) | close 1008, without waiting |
 //! | server shutting down | close 1001, after queued messages |
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -30,14 +46,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Semaphore;
 
 use super::frame::{FrameReader, FrameWriter, InFrame, OpCode, Violation};
 use super::message::{close_event, Assembler, RawMessage};
 use crate::hub::{Client, CloseRequest, Hub, OutRx, Outbound};
 use crate::jsonrpc::RpcError;
 use crate::limits::{ConnectionSlot, RateLimiter};
-use crate::router::{BoxFuture, Router};
+use crate::router::{BoxFuture, InFlight, Router};
 
 type Io = TokioIo<Upgraded>;
 
@@ -64,6 +79,10 @@ pub(crate) struct Settings {
     pub max_inflight: usize,
 }
 
+/// Messages held back, at most, while a connection is at its concurrency
+/// limit (and at most the message size limit in bytes).
+pub(crate) const MAX_HELD: usize = 64;
+
 /// What every connection of a server shares.
 pub(crate) struct Shared {
     pub hub: Hub,
@@ -73,6 +92,9 @@ pub(crate) struct Shared {
     pub on_disconnect: Option<Hook>,
     /// Set when graceful shutdown starts.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Cancelled when graceful shutdown starts: each connection finishes
+    /// its handlers and closes with 1001.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Runs a connection from the completed upgrade until it is closed.
@@ -119,7 +141,13 @@ pub(crate) async fn run(
         reader: FrameReader::new(shared.settings.max_message_size),
         writer: FrameWriter::new(),
         assembler: Assembler::new(shared.settings.max_message_size),
-        inflight: Arc::new(Semaphore::new(shared.settings.max_inflight.max(1))),
+        // Raw mode runs one message at a time, in order.
+        inflight: InFlight::new(match shared.mode {
+            Mode::Rpc(_) => shared.settings.max_inflight,
+            Mode::Raw(_) => 1,
+        }),
+        held: VecDeque::new(),
+        held_bytes: 0,
         limiter,
     }
     .drive()
@@ -159,7 +187,12 @@ struct Conn<'a> {
     reader: FrameReader,
     writer: FrameWriter,
     assembler: Assembler,
-    inflight: Arc<Semaphore>,
+    /// The connection's handler tasks; dropped (aborting them) when the
+    /// connection ends.
+    inflight: InFlight,
+    /// Whole messages read while at the concurrency limit, not yet run.
+    held: VecDeque<RawMessage>,
+    held_bytes: usize,
     /// The connection's rate limit, if rate limiting is on.
     limiter: Option<RateLimiter>,
 }
@@ -176,8 +209,18 @@ impl Conn<'_> {
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Messages held back at the limit go first, as room frees.
+            while self.inflight.has_room() {
+                let Some(msg) = self.held.pop_front() else {
+                    break;
+                };
+                self.held_bytes -= msg.bytes().len();
+                if Box::pin(self.dispatch(msg)).await.is_err() {
+                    return None;
+                }
+            }
             // Everything already buffered is handled before waiting again.
-            loop {
+            while self.may_read() {
                 match self.reader.next_frame() {
                     Ok(Some(frame)) => {
                         self.client.touch();
@@ -193,11 +236,14 @@ impl Conn<'_> {
                 }
             }
             self.reader.shrink_if_idle();
+            let read = self.may_read();
+            let busy = !self.inflight.is_idle();
             tokio::select! {
                 biased;
                 _ = self.client.0.close_notify.notified() => {
                     if let Some(req) = self.client.take_close_request() {
-                        return Box::pin(self.close(req)).await;
+                        let until = tokio::time::Instant::now() + settings.drain_timeout;
+                        return Box::pin(self.close(req, until)).await;
                     }
                 }
                 msg = self.rx.recv() => {
@@ -205,7 +251,11 @@ impl Conn<'_> {
                         return None;
                     }
                 }
-                read = self.reader.fill(self.io) => match read {
+                _ = self.inflight.progress(), if busy => {}
+                _ = self.shared.stop.cancelled() => {
+                    return Box::pin(self.shut_down()).await;
+                }
+                read = self.reader.fill(self.io), if read => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
@@ -220,6 +270,74 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Whether to read more from the client: always below the concurrency
+    /// limit; at it, while what is held back stays small.
+    fn may_read(&self) -> bool {
+        self.held.len() < MAX_HELD && self.held_bytes < self.shared.settings.max_message_size
+    }
+
+    /// Runs a whole message now, or holds it back while the connection is
+    /// at its concurrency limit.
+    async fn on_whole_message(&mut self, msg: RawMessage) -> Result<(), Gone> {
+        if self.held.is_empty() && self.inflight.has_room() {
+            self.dispatch(msg).await
+        } else {
+            self.held_bytes += msg.bytes().len();
+            self.held.push_back(msg);
+            Ok(())
+        }
+    }
+
+    async fn dispatch(&mut self, msg: RawMessage) -> Result<(), Gone> {
+        on_message(
+            msg,
+            self.client,
+            self.shared,
+            &mut self.inflight,
+            &mut self.limiter,
+        );
+        // A burst of requests must not overflow the client's own queue
+        // with its replies: write them as they pile up.
+        if self.rx.len() >= 32 {
+            self.write_queued(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: read nothing more, give the handlers still
+    /// running until the drain timeout to finish (writing what they
+    /// send), then close with 1001 after the queue.
+    async fn shut_down(&mut self) -> Option<u16> {
+        let until = tokio::time::Instant::now() + self.shared.settings.drain_timeout;
+        while !self.inflight.is_idle() {
+            tokio::select! {
+                biased;
+                _ = self.client.0.close_notify.notified() => {
+                    if let Some(req) = self.client.take_close_request() {
+                        return self.close(req, until).await;
+                    }
+                }
+                msg = self.rx.recv() => {
+                    if self.write_queued(Some(msg)).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.inflight.progress() => {}
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        // From here on sends are refused; handlers still running are
+        // cancelled when the connection ends.
+        self.client
+            .request_close(1001, "server shutting down", true);
+        let req = self.client.take_close_request().unwrap_or(CloseRequest {
+            code: 1001,
+            reason: "server shutting down".into(),
+            drain: true,
+        });
+        self.close(req, until).await
     }
 
     /// Writes a control frame at once.
@@ -282,19 +400,7 @@ impl Conn<'_> {
                 match self.assembler.push(frame) {
                     Ok(None) => Ok(Flow::Continue),
                     Ok(Some(msg)) => {
-                        on_message(
-                            msg,
-                            self.client,
-                            self.shared,
-                            &self.inflight,
-                            &mut self.limiter,
-                        )
-                        .await;
-                        // A burst of requests must not overflow the client's own
-                        // queue with its replies: write them as they pile up.
-                        if self.rx.len() >= 32 {
-                            self.write_queued(None).await?;
-                        }
+                        self.on_whole_message(msg).await?;
                         Ok(Flow::Continue)
                     }
                     Err(v) => Ok(Flow::Done(self.fail(v).await)),
@@ -318,8 +424,9 @@ impl Conn<'_> {
         self.send_control(OpCode::Close, &payload).await
     }
 
-    /// Closes at the request of the application, the hub or shutdown.
-    async fn close(&mut self, req: CloseRequest) -> Option<u16> {
+    /// Closes at the request of the application, the hub or shutdown;
+    /// queued messages are written first, until `until` at the latest.
+    async fn close(&mut self, req: CloseRequest, until: tokio::time::Instant) -> Option<u16> {
         let settings = &self.shared.settings;
         if !req.drain {
             // A slow consumer: no draining, no waiting for an answer. Its
@@ -333,7 +440,7 @@ impl Conn<'_> {
             .await;
             return Some(req.code);
         }
-        match tokio::time::timeout(settings.drain_timeout, self.write_queued(None)).await {
+        match tokio::time::timeout_at(until, self.write_queued(None)).await {
             Ok(Ok(())) => {}
             _ => return None,
         }
@@ -373,11 +480,11 @@ async fn abortable(
     }
 }
 
-async fn on_message(
+fn on_message(
     msg: RawMessage,
     client: &Client,
     shared: &Shared,
-    inflight: &Arc<Semaphore>,
+    inflight: &mut InFlight,
     limiter: &mut Option<RateLimiter>,
 ) {
     let metrics = shared.hub.metrics();
@@ -393,12 +500,24 @@ async fn on_message(
             // A rate-limited raw message is dropped.
         }
         Mode::Raw(handler) => {
-            let outcome = AssertUnwindSafe(handler(client.clone(), msg))
+            let metrics = Arc::clone(metrics);
+            let id = client.id();
+            let mut run = AssertUnwindSafe(handler(client.clone(), msg))
                 .catch_unwind()
-                .await;
-            if outcome.is_err() {
-                metrics.handler_panic();
-                tracing::error!(client = %client.id(), "raw handler panicked");
+                .map(move |outcome| {
+                    if outcome.is_err() {
+                        metrics.handler_panic();
+                        tracing::error!(client = %id, "raw handler panicked");
+                    }
+                });
+            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+            if std::pin::Pin::new(&mut run).poll(&mut cx).is_pending() {
+                // One raw message at a time: the next is read when this ends.
+                let permit = inflight.try_permit();
+                inflight.spawn(async move {
+                    run.await;
+                    drop(permit);
+                });
             }
         }
         Mode::Rpc(router) => {
@@ -409,9 +528,7 @@ async fn on_message(
                 },
                 RawMessage::Binary(_) => None,
             };
-            router
-                .on_message(text, client, &shared.hub, inflight, &mut admit)
-                .await;
+            router.on_message(text, client, &shared.hub, inflight, &mut admit);
         }
     }
     if limiter.as_ref().is_some_and(|l| l.exhausted()) && !client.is_closed() {
