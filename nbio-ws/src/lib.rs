@@ -206,15 +206,21 @@ pub use router::__private;
 
 /// Installs a global `tracing` subscriber with the configured level
 /// (`WS_LOG_LEVEL`, overridden by `RUST_LOG` when set) and format
-/// (`WS_LOG_FORMAT`). Does nothing if one is already installed.
+/// (`WS_LOG_FORMAT`). Logs go to standard error, with ANSI colours only
+/// when it is a terminal (never in a file, a pipe or a log collector).
+/// Does nothing if one is already installed.
 pub fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

@@ -4,6 +4,16 @@
 //! Everything on the hot path is a relaxed atomic add; per-method metrics
 //! are created once when the router is built, so a call costs no map
 //! look-up here. Rendering walks the counters and formats text.
+//!
+//! No label value comes from what a client sends, so what a client sends
+//! cannot grow `/metrics`: `method` labels are the registered methods only
+//! (a call to an unknown one counts in
+//! `nbio_ws_errors_total{kind="method_not_found"}`), `kind` labels the
+//! fixed error classes, and close codes are bucketed: the codes of RFC
+//! 6455 and the IANA registry (1000–1003, 1007–1014) by number, `3xxx`
+//! (3000–3999, registered for libraries and frameworks), `4xxx`
+//! (4000–4999, private use, whether the application's or a client's), and
+//! `other`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -29,7 +39,7 @@ pub struct Metrics {
     handler_panics: AtomicU64,
     slow_consumers: AtomicU64,
     errors: DashMap<&'static str, AtomicU64>,
-    close_codes: DashMap<u16, AtomicU64>,
+    close_codes: DashMap<&'static str, AtomicU64>,
     methods: DashMap<String, Arc<MethodMetrics>>,
     extra: DashMap<&'static str, AtomicU64>,
 }
@@ -91,7 +101,7 @@ impl Metrics {
         self.disconnects_total.fetch_add(1, Relaxed);
         if let Some(code) = code {
             self.close_codes
-                .entry(code)
+                .entry(close_code_label(code))
                 .or_default()
                 .fetch_add(1, Relaxed);
         }
@@ -227,10 +237,10 @@ impl Metrics {
 
         let _ = writeln!(
             out,
-            "# HELP nbio_ws_close_codes_total Close codes sent by the server."
+            "# HELP nbio_ws_close_codes_total Close codes that ended connections (the server's, or the client's it echoed), bucketed."
         );
         let _ = writeln!(out, "# TYPE nbio_ws_close_codes_total counter");
-        let mut codes: Vec<(u16, u64)> = self
+        let mut codes: Vec<(&str, u64)> = self
             .close_codes
             .iter()
             .map(|e| (*e.key(), e.value().load(Relaxed)))
@@ -314,6 +324,21 @@ impl Metrics {
     }
 }
 
+/// The label of a close code: registered codes by number, the rest in a
+/// few buckets (see the module documentation).
+fn close_code_label(code: u16) -> &'static str {
+    const KNOWN: [&str; 15] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014",
+    ];
+    match code {
+        1000..=1003 | 1007..=1014 => KNOWN[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -342,5 +367,28 @@ mod tests {
             text.contains(r#"nbio_ws_method_duration_seconds_bucket{method="a\"b",le="+Inf"} 3"#)
         );
         assert!(text.contains(r#"nbio_ws_method_failures_total{method="a\"b"} 1"#));
+    }
+
+    #[test]
+    fn close_codes_are_bucketed() {
+        let m = Metrics::default();
+        for code in [1000, 1008, 1008, 3001, 3999, 4000, 4999, 2000, 1005, 5000] {
+            m.disconnected(Some(code));
+        }
+        let text = m.render(0, Duration::ZERO);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("nbio_ws_close_codes_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                r#"nbio_ws_close_codes_total{code="1000"} 1"#,
+                r#"nbio_ws_close_codes_total{code="1008"} 2"#,
+                r#"nbio_ws_close_codes_total{code="3xxx"} 2"#,
+                r#"nbio_ws_close_codes_total{code="4xxx"} 2"#,
+                r#"nbio_ws_close_codes_total{code="other"} 3"#,
+            ]
+        );
     }
 }

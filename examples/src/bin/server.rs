@@ -21,13 +21,33 @@
 //!   cargo run -p nbio-ws-examples --all-features --bin server
 //! ```
 
-use nbio_ws::{rpc_method, Hub, Params, RpcError, Server};
+use nbio_ws::{rpc_method, FromRequest, Hub, RequestContext, RpcError, Server};
 use serde::{Deserialize, Serialize};
 
-/// Params of both methods.
-#[derive(Deserialize)]
-struct TextParams {
-    text: String,
+/// The `text` param of both methods: present and a non-empty string, or
+/// -32602 with the seed's `data.detail`.
+struct Text(String);
+
+/// What the seed answers when `text` is missing, empty or not a string.
+const TEXT_REQUIRED: &str = "text field is required and must be a non-empty string";
+
+impl FromRequest for Text {
+    fn from_request(ctx: &RequestContext) -> Result<Self, RpcError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            text: Option<serde_json::Value>,
+        }
+        let text = ctx
+            .params()
+            .and_then(|p| serde_json::from_str::<Raw>(p.get()).ok())
+            .and_then(|raw| match raw.text {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            });
+        text.map(Text)
+            .ok_or_else(|| RpcError::invalid_params(TEXT_REQUIRED))
+    }
 }
 
 #[derive(Serialize)]
@@ -49,21 +69,21 @@ struct BroadcastNotification<'a> {
 
 /// Echoes the text back to the caller only.
 #[rpc_method("self.reply")]
-fn self_reply(Params(p): Params<TextParams>) -> Reply {
+fn self_reply(Text(text): Text) -> Reply {
     Reply {
-        text_length: p.text.len(),
-        echo: p.text,
+        text_length: text.len(),
+        echo: text,
     }
 }
 
 /// Sends the text to every connected client, the caller included.
 #[rpc_method("broadcast")]
-fn broadcast(hub: Hub, Params(p): Params<TextParams>) -> Result<Broadcasted, RpcError> {
-    hub.broadcast("broadcast", &BroadcastNotification { text: &p.text })
+fn broadcast(hub: Hub, Text(text): Text) -> Result<Broadcasted, RpcError> {
+    hub.broadcast("broadcast", &BroadcastNotification { text: &text })
         .map_err(RpcError::internal)?;
     Ok(Broadcasted {
         status: "broadcasted",
-        text_length: p.text.len(),
+        text_length: text.len(),
     })
 }
 

@@ -1,5 +1,7 @@
 //! Plain HTTP on the server's port: the WebSocket upgrade, `/health`,
-//! `/metrics`, and 404/405 for everything else.
+//! `/metrics`, and 404/405 for everything else. With an admin address
+//! (`WS_ADMIN_ADDR`), `/health` and `/metrics` are served on that listener
+//! only, and the public port answers 404 for them.
 //!
 //! [`WsEndpoint`] is also the way to mount nbio-ws inside an existing hyper
 //! or axum application: hand it the request and the peer address, and it
@@ -54,6 +56,8 @@ pub struct WsEndpoint {
     pub(crate) tracker: TaskTracker,
     /// Static pages served with GET, by path.
     pub(crate) pages: Arc<std::collections::HashMap<String, (&'static str, Bytes)>>,
+    /// `/health` and `/metrics` are served on the admin listener instead.
+    pub(crate) admin_elsewhere: bool,
 }
 
 impl std::fmt::Debug for WsEndpoint {
@@ -164,7 +168,9 @@ impl WsEndpoint {
     /// Routes a plain HTTP request the way the standalone server does:
     /// the WebSocket path, the static pages given to
     /// [`ServerBuilder::page`](crate::ServerBuilder::page), `GET /health`,
-    /// `GET /metrics`, 404 otherwise.
+    /// `GET /metrics` (unless an admin address is set: see
+    /// [`ServerBuilder::admin_addr`](crate::ServerBuilder::admin_addr)),
+    /// 404 otherwise.
     pub async fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         let page = self.pages.get(path);
@@ -182,7 +188,16 @@ impl WsEndpoint {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             return res;
         }
-        match path {
+        if self.admin_elsewhere {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        self.handle_admin(&req)
+    }
+
+    /// What the admin listener serves: `GET /health`, `GET /metrics`, 404
+    /// otherwise.
+    pub(crate) fn handle_admin<B>(&self, req: &Request<B>) -> Response<Body> {
+        match req.uri().path() {
             "/health" => {
                 if req.method() != Method::GET && req.method() != Method::HEAD {
                     return method_not_allowed("GET, HEAD");

@@ -699,6 +699,7 @@ impl ServerBuilder {
             path: Arc::from(cfg.path.as_str()),
             tracker: TaskTracker::new(),
             pages: Arc::new(self.pages),
+            admin_elsewhere: cfg.admin_addr.is_some(),
         };
         Ok(Server {
             endpoint,

@@ -22,6 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -141,9 +142,22 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, path = %self.config.path, tls = self.tls.enabled(), "listening");
         }
+        let admin = match self.config.admin_addr {
+            None => None,
+            Some(addr) => {
+                let admin = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+                tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin listening (/health, /metrics)");
+                Some(admin)
+            }
+        };
         self.hub().start_broker();
         // HTTP connections not (yet) upgraded: told to finish on shutdown.
-        let http_stop = tokio_util::sync::CancellationToken::new();
+        let http_stop = CancellationToken::new();
         let http_tasks = TaskTracker::new();
         let mut http = http1::Builder::new();
         let limits = &self.config.limits;
@@ -152,6 +166,19 @@ impl Server {
             .max_buf_size(limits.max_header_size.max(crate::limits::MIN_HEADER_SIZE))
             .keep_alive(true);
         let handshake_timeout = limits.handshake_timeout;
+        // The admin listener outlives the public one until shutdown is
+        // over, so `/health` reports it (503 "shutting_down") meanwhile.
+        let admin_stop = CancellationToken::new();
+        let admin_tasks = TaskTracker::new();
+        if let Some(admin) = admin {
+            admin_tasks.spawn(serve_admin(
+                admin,
+                self.endpoint.clone(),
+                http.clone(),
+                admin_stop.clone(),
+                admin_tasks.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -204,18 +231,7 @@ impl Server {
                             let endpoint = endpoint.clone();
                             async move { Ok::<_, Infallible>(endpoint.handle(req, remote).await) }
                         });
-                        let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
-                        tokio::pin!(conn);
-                        let result = tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = stop.cancelled() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%remote, error = %e, "http connection error");
-                        }
+                        serve_http(&http, io, service, remote, &stop).await;
                     });
                 }
             }
@@ -224,6 +240,9 @@ impl Server {
         http_stop.cancel();
         http_tasks.close();
         self.shutdown(http_tasks).await;
+        admin_stop.cancel();
+        admin_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin_tasks.wait()).await;
         Ok(())
     }
 
@@ -253,6 +272,67 @@ impl Server {
         }
         self.hub().stop_broker().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Serves one HTTP/1 connection (with upgrades) until it ends, or until
+/// `stop`, when it is told to finish what it is doing.
+async fn serve_http<I, S>(
+    http: &http1::Builder,
+    io: I,
+    service: S,
+    remote: std::net::SocketAddr,
+    stop: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::http::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "http connection error");
+    }
+}
+
+/// The admin listener (`WS_ADMIN_ADDR`): `/health` and `/metrics`, plain
+/// HTTP, until `stop`.
+async fn serve_admin(
+    listener: TcpListener,
+    endpoint: WsEndpoint,
+    http: http1::Builder,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let (endpoint, http, stop) = (endpoint.clone(), http.clone(), stop.clone());
+        tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let res = endpoint.handle_admin(&req);
+                async move { Ok::<_, Infallible>(res) }
+            });
+            serve_http(&http, stream, service, remote, &stop).await;
+        });
     }
 }
 
