@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::env::ConfigError;
-use crate::env::{parse_duration, parse_size, Env};
+use crate::env::{parse_duration, Env};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,9 +198,7 @@ impl Config {
                 None => d.path,
             },
             send_buffer: env
-                .parse("WS_SEND_BUFFER", "a positive number of messages", |v| {
-                    v.parse().ok().filter(|n| *n > 0)
-                })?
+                .positive("WS_SEND_BUFFER", "a positive number of messages")?
                 .unwrap_or(d.send_buffer),
             ping_interval: env
                 .duration_nonzero("WS_PING_INTERVAL")?
@@ -209,11 +207,7 @@ impl Config {
                 .duration_nonzero("WS_PONG_TIMEOUT")?
                 .unwrap_or(d.pong_timeout),
             max_message_size: env
-                .parse(
-                    "WS_MAX_MESSAGE_SIZE",
-                    "a positive size in bytes (e.g. 1048576 or 1MiB)",
-                    |v| parse_size(v).filter(|n| *n > 0),
-                )?
+                .size("WS_MAX_MESSAGE_SIZE")?
                 .unwrap_or(d.max_message_size),
             shutdown_timeout: env
                 .parse(
@@ -223,15 +217,12 @@ impl Config {
                 )?
                 .unwrap_or(d.shutdown_timeout),
             max_batch: env
-                .parse("WS_MAX_BATCH", "a positive number of requests", |v| {
-                    v.parse().ok().filter(|n| *n > 0)
-                })?
+                .positive("WS_MAX_BATCH", "a positive number of requests")?
                 .unwrap_or(d.max_batch),
             max_concurrent_requests: env
-                .parse(
+                .positive(
                     "WS_MAX_CONCURRENT_REQUESTS",
                     "a positive number of requests",
-                    |v| v.parse().ok().filter(|n| *n > 0),
                 )?
                 .unwrap_or(d.max_concurrent_requests),
             request_timeout: env
@@ -245,11 +236,7 @@ impl Config {
                 )?
                 .unwrap_or(d.request_timeout),
             max_response_size: env
-                .parse(
-                    "WS_MAX_RESPONSE_SIZE",
-                    "a positive size in bytes (e.g. 4194304 or 4MiB)",
-                    |v| parse_size(v).filter(|n| *n > 0),
-                )?
+                .size("WS_MAX_RESPONSE_SIZE")?
                 .unwrap_or(d.max_response_size),
             admin_addr: env
                 .parse(

@@ -77,6 +77,24 @@ impl<'a> Env<'a> {
         })
     }
 
+    /// A positive whole number (`expected` says of what, for the error).
+    pub(crate) fn positive(
+        &self,
+        var: &'static str,
+        expected: &str,
+    ) -> Result<Option<usize>, ConfigError> {
+        self.parse(var, expected, |v| v.parse().ok().filter(|n| *n > 0))
+    }
+
+    /// A positive size in bytes (see [`parse_size`]).
+    pub(crate) fn size(&self, var: &'static str) -> Result<Option<usize>, ConfigError> {
+        self.parse(
+            var,
+            "a positive size in bytes (e.g. 65536, 64KiB or 1MiB)",
+            |v| parse_size(v).filter(|n| *n > 0),
+        )
+    }
+
     pub(crate) fn boolean(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
         self.parse(var, "true or false", parse_bool)
     }

@@ -48,6 +48,11 @@ pub const MAX_DETAIL: usize = 256;
 ///
 /// The constructors cover the codes of the specification; any code can be
 /// built with [`RpcError::new`]. `data` is optional structured detail.
+/// Those that take a detail text ([`parse_error`](RpcError::parse_error),
+/// [`invalid_request`](RpcError::invalid_request),
+/// [`invalid_params`](RpcError::invalid_params),
+/// [`internal`](RpcError::internal)) cut it to 256 bytes (ending with
+/// `…`), since details often quote what the client sent.
 ///
 /// ```
 /// use nbio_ws::RpcError;
@@ -117,9 +122,8 @@ impl RpcError {
     }
 
     /// `-32601 Method not found`, naming the method in `data.method`. At
-    /// most [`MAX_ECHOED_METHOD`](crate::jsonrpc::MAX_ECHOED_METHOD)
-    /// (128) bytes of the name are echoed; a longer one is cut and
-    /// `data.truncated` is `true`.
+    /// most 128 bytes of the name are echoed; a longer one is cut (at a
+    /// character boundary) and `data.truncated` is `true`.
     ///
     /// ```
     /// let e = nbio_ws::RpcError::method_not_found(&"x".repeat(10_000));
@@ -184,7 +188,7 @@ impl RpcError {
             .with_data(serde_json::json!({ "bytes": bytes, "max_bytes": max }))
     }
 
-    /// `data.detail`, cut to [`MAX_DETAIL`] bytes: details often quote
+    /// `data.detail`, cut to `MAX_DETAIL` (256) bytes: details often quote
     /// what the client sent (serde's messages do).
     fn with_detail(self, detail: impl fmt::Display) -> Self {
         let mut text = detail.to_string();

@@ -64,10 +64,27 @@
 //! Errors: `-32700` (unparsable JSON, id `null`), `-32600` (invalid request
 //! object, empty batch, binary frame), `-32601` (unknown method),
 //! `-32602` (params that do not fit, with `data.detail`), `-32603` (a
-//! handler that failed internally or panicked), `-32029` (refused by the
+//! handler that failed internally or panicked, or a result too large to
+//! send), `-32008` (the handler ran past the request timeout and was
+//! cancelled, with `data.timeout_ms`), `-32029` (refused by the
 //! connection's rate limit, with `data.retry_after_ms`; see [`limits`]).
 //! The connection stays open after each of them. Requests of one connection may run concurrently;
 //! each response carries its request's id, echoed exactly.
+//!
+//! ## What one client can cost
+//!
+//! | limit | default | past it |
+//! |---|---|---|
+//! | elements of a batch ([`ServerBuilder::max_batch`], `WS_MAX_BATCH`) | 100 | one `-32600` "batch too large: at most 100 requests", id `null`; nothing runs. Counted while scanning: a huge batch costs no more than 101 elements |
+//! | requests running at once per connection ([`ServerBuilder::max_concurrent_requests`], `WS_MAX_CONCURRENT_REQUESTS`) | 64 | each batch element counts; the connection reads no new message until one finishes (pings, the pong timeout, its queue, close and shutdown go on) |
+//! | handler run time ([`ServerBuilder::request_timeout`], `WS_REQUEST_TIMEOUT`) | none | cancelled; `-32008` "Request timed out", `data.timeout_ms` |
+//! | result bytes in the reply to one message ([`ServerBuilder::max_response_size`], `WS_MAX_RESPONSE_SIZE`) | 4 MiB | that result becomes `-32603` "Response too large" (a batch's results share the bound) |
+//! | client data in an error | — | `data.method` at most 128 bytes (with `data.truncated`), `data.detail` at most 256 |
+//!
+//! Every element of a batch counts against the rate limit before any
+//! runs. Handlers belong to their connection: those still running when it
+//! ends are cancelled; graceful shutdown gives them up to the shutdown
+//! timeout, then writes their replies before closing with 1001.
 //!
 //! ## Rooms and presence
 //!
@@ -132,7 +149,7 @@
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
 //! | outbound queue full (slow consumer) | close 1008, without waiting |
-//! | server shutting down | close 1001, after queued messages |
+//! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
 #![warn(missing_docs)]
 

@@ -108,6 +108,41 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, con
     }
 }
 
+/// Waits until `n` calls of `count` or `slow` have started.
+async fn started(probe: &Probe, n: usize) {
+    eventually("the calls started", || {
+        probe.started.load(Ordering::SeqCst) == n
+    })
+    .await;
+}
+
+/// Waits until a `slow` call was dropped before it finished.
+async fn cancelled(probe: &Probe) {
+    eventually("the handler was dropped", || {
+        probe.cancelled.load(Ordering::SeqCst)
+    })
+    .await;
+}
+
+/// A server, and a client whose `slow` call (id 1) is running.
+async fn slow_running(b: ServerBuilder, probe: &Probe) -> (TestServer, WsClient) {
+    let s = TestServer::start(b).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    c.send_json(&call("slow", json!([]), 1)).await;
+    started(probe, 1).await;
+    (s, c)
+}
+
+/// The same with a raw client.
+async fn slow_running_raw(b: ServerBuilder, probe: &Probe) -> (TestServer, RawClient) {
+    let s = TestServer::start(b).await;
+    let mut c = RawClient::connect(s.addr, "/ws").await;
+    c.send_frame(true, 1, call("slow", json!([]), 1).to_string().as_bytes())
+        .await;
+    started(probe, 1).await;
+    (s, c)
+}
+
 #[tokio::test]
 async fn a_batch_over_the_limit_gets_one_error_and_nothing_runs() {
     let (b, probe) = builder();
@@ -239,10 +274,7 @@ async fn batch_elements_count_against_the_concurrency_limit() {
     let mut c = WsClient::connect(&s.url("/ws")).await;
     let batch: Vec<Value> = (0..5).map(|i| call("slow", json!([]), i)).collect();
     c.send_json(&Value::Array(batch)).await;
-    eventually("two elements started", || {
-        probe.started.load(Ordering::SeqCst) == 2
-    })
-    .await;
+    started(&probe, 2).await;
     // The others wait for a slot: let them through one by one.
     for done in 1..=5 {
         probe.gate.add_permits(1);
@@ -260,18 +292,9 @@ async fn batch_elements_count_against_the_concurrency_limit() {
 #[tokio::test]
 async fn at_the_concurrency_limit_the_connection_stops_reading_but_stays_alive() {
     let (b, probe) = builder();
-    let s = TestServer::start(b.max_concurrent_requests(1)).await;
-    let mut c = RawClient::connect(s.addr, "/ws").await;
-    let send = |v: Value| v.to_string();
-
-    c.send_frame(true, 1, send(call("slow", json!([]), 1)).as_bytes())
-        .await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (s, mut c) = slow_running_raw(b.max_concurrent_requests(1), &probe).await;
     // Not run while the slot is taken.
-    c.send_frame(true, 1, send(call("count", json!([]), 2)).as_bytes())
+    c.send_frame(true, 1, call("count", json!([]), 2).to_string().as_bytes())
         .await;
     // Pings are answered meanwhile.
     c.send_frame(true, 9, b"are you there").await;
@@ -305,14 +328,7 @@ async fn at_the_concurrency_limit_the_connection_stops_reading_but_stays_alive()
 #[tokio::test]
 async fn at_the_concurrency_limit_close_is_honoured_and_handlers_are_cancelled() {
     let (b, probe) = builder();
-    let s = TestServer::start(b.max_concurrent_requests(1)).await;
-    let mut c = RawClient::connect(s.addr, "/ws").await;
-    c.send_frame(true, 1, call("slow", json!([]), 1).to_string().as_bytes())
-        .await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (s, mut c) = slow_running_raw(b.max_concurrent_requests(1), &probe).await;
     c.send_frame(true, 1, call("count", json!([]), 2).to_string().as_bytes())
         .await;
     c.send_frame(true, 8, &1000u16.to_be_bytes()).await;
@@ -320,10 +336,7 @@ async fn at_the_concurrency_limit_close_is_honoured_and_handlers_are_cancelled()
     eventually("the client left the hub", || s.hub.is_empty()).await;
     // The handler still waiting was cancelled with its connection; the
     // held request never ran.
-    eventually("the handler was dropped", || {
-        probe.cancelled.load(Ordering::SeqCst)
-    })
-    .await;
+    cancelled(&probe).await;
     probe.gate.add_permits(10);
     tokio::task::yield_now().await;
     assert_eq!(probe.finished.load(Ordering::SeqCst), 0);
@@ -333,21 +346,13 @@ async fn at_the_concurrency_limit_close_is_honoured_and_handlers_are_cancelled()
 #[tokio::test]
 async fn at_the_concurrency_limit_the_pong_timeout_still_applies() {
     let (b, probe) = builder();
-    let s = TestServer::start(
-        b.max_concurrent_requests(1)
-            .ping_interval(Duration::from_millis(100))
-            .pong_timeout(Duration::from_millis(500)),
-    )
-    .await;
-    let mut c = RawClient::connect(s.addr, "/ws").await;
-    c.send_frame(true, 1, call("slow", json!([]), 1).to_string().as_bytes())
-        .await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    // A message that cannot run yet.
-    c.send_frame(true, 1, call("count", json!([]), 2).to_string().as_bytes())
+    let b = b
+        .max_concurrent_requests(1)
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(500));
+    let (_s, mut c) = slow_running_raw(b, &probe).await;
+    // A request that cannot start yet.
+    c.send_frame(true, 1, call("slow", json!([]), 2).to_string().as_bytes())
         .await;
     // This client never answers the server's pings.
     assert_eq!(c.expect_close().await, Some(1001));
@@ -356,18 +361,9 @@ async fn at_the_concurrency_limit_the_pong_timeout_still_applies() {
 #[tokio::test]
 async fn handlers_are_cancelled_when_their_connection_ends() {
     let (b, probe) = builder();
-    let s = TestServer::start(b).await;
-    let mut c = WsClient::connect(&s.url("/ws")).await;
-    c.send_json(&call("slow", json!([]), 1)).await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (_s, c) = slow_running(b, &probe).await;
     drop(c);
-    eventually("the handler was dropped", || {
-        probe.cancelled.load(Ordering::SeqCst)
-    })
-    .await;
+    cancelled(&probe).await;
     probe.gate.add_permits(10);
     tokio::task::yield_now().await;
     assert_eq!(probe.finished.load(Ordering::SeqCst), 0);
@@ -400,13 +396,7 @@ async fn the_request_timeout_answers_and_cancels() {
 #[tokio::test]
 async fn shutdown_waits_for_handlers_then_closes() {
     let (b, probe) = builder();
-    let mut s = TestServer::start(b.shutdown_timeout(Duration::from_secs(10))).await;
-    let mut c = WsClient::connect(&s.url("/ws")).await;
-    c.send_json(&call("slow", json!([]), 1)).await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (mut s, mut c) = slow_running(b.shutdown_timeout(Duration::from_secs(10)), &probe).await;
     let addr = s.addr;
     let stopping = tokio::spawn(async move { s.shutdown().await });
     // Shutdown has begun (the listener is gone) while the handler still
@@ -427,20 +417,11 @@ async fn shutdown_waits_for_handlers_then_closes() {
 #[tokio::test]
 async fn shutdown_cancels_handlers_still_running_at_its_timeout() {
     let (b, probe) = builder();
-    let mut s = TestServer::start(b.shutdown_timeout(Duration::from_millis(300))).await;
-    let mut c = WsClient::connect(&s.url("/ws")).await;
-    c.send_json(&call("slow", json!([]), 1)).await;
-    eventually("the slow call started", || {
-        probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (mut s, mut c) = slow_running(b.shutdown_timeout(Duration::from_millis(300)), &probe).await;
     let stopping = tokio::spawn(async move { s.shutdown().await });
     assert_eq!(c.expect_close().await, 1001);
     stopping.await.unwrap().unwrap();
-    eventually("the handler was dropped", || {
-        probe.cancelled.load(Ordering::SeqCst)
-    })
-    .await;
+    cancelled(&probe).await;
     assert_eq!(probe.finished.load(Ordering::SeqCst), 0);
 }
 

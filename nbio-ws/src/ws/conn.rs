@@ -34,7 +34,7 @@
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
 //! | outbound queue full (slow consumer) | close 1008, without waiting |
-//! | server shutting down | close 1001, after queued messages |
+//! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
 use std::collections::VecDeque;
 use std::future::Future;
