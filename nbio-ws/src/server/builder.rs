@@ -691,7 +691,6 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             shutting_down: AtomicBool::new(false),
-            stop: tokio_util::sync::CancellationToken::new(),
         });
         let endpoint = WsEndpoint {
             shared,

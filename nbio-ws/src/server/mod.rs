@@ -14,7 +14,6 @@ pub use builder::{BuildError, ServerBuilder};
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,13 +248,9 @@ impl Server {
     async fn shutdown(&self, http_tasks: TaskTracker) {
         let timeout = self.config.shutdown_timeout;
         tracing::info!(clients = self.hub().len(), "shutting down");
-        self.endpoint
-            .shared
-            .shutting_down
-            .store(true, Ordering::Release);
         // Each connection stops reading, gives its handlers until the
         // timeout to finish, writes what is queued and closes with 1001.
-        self.endpoint.shared.stop.cancel();
+        crate::ws::conn::begin_shutdown(&self.endpoint.shared);
         self.endpoint.tracker.close();
         let wait = async {
             tokio::join!(http_tasks.wait(), self.endpoint.tracker.wait());

@@ -90,11 +90,25 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub on_connect: Option<Hook>,
     pub on_disconnect: Option<Hook>,
-    /// Set when graceful shutdown starts.
+    /// Set when graceful shutdown starts; then every connection is woken
+    /// (through its close notification, see [`begin_shutdown`]) to finish
+    /// its handlers and close with 1001.
     pub shutting_down: std::sync::atomic::AtomicBool,
-    /// Cancelled when graceful shutdown starts: each connection finishes
-    /// its handlers and closes with 1001.
-    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// Starts graceful shutdown of every connection of `shared`.
+///
+/// A flag and a wake-up per client rather than a shared cancellation
+/// future: the connection loop polls its close notification anyway, and a
+/// future shared by every connection would be a lock they all take on
+/// every turn of their loop.
+pub(crate) fn begin_shutdown(shared: &Shared) {
+    shared
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .hub
+        .for_each(|client| client.0.close_notify.notify_one());
 }
 
 /// Runs a connection from the completed upgrade until it is closed.
@@ -245,6 +259,9 @@ impl Conn<'_> {
                         let until = tokio::time::Instant::now() + settings.drain_timeout;
                         return Box::pin(self.close(req, until)).await;
                     }
+                    if self.shared.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Box::pin(self.shut_down()).await;
+                    }
                 }
                 msg = self.rx.recv() => {
                     if Box::pin(self.write_queued(Some(msg))).await.is_err() {
@@ -252,9 +269,6 @@ impl Conn<'_> {
                     }
                 }
                 _ = self.inflight.progress(), if busy => {}
-                _ = self.shared.stop.cancelled() => {
-                    return Box::pin(self.shut_down()).await;
-                }
                 read = self.reader.fill(self.io), if read => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
