@@ -11,13 +11,27 @@ use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, Item, ItemFn, LitStr, Path, ReturnType, Token, Type};
 
-/// The attribute's arguments: `"name"` then options (`crate = path`).
+/// The attribute's arguments: `"name"` then options (`crate = path`,
+/// `errors(...)`, `example(...)`).
 struct Args {
     name: LitStr,
     krate: Path,
+    /// Documented error codes: `errors(-32602 = "text missing")`.
+    errors: Vec<(syn::LitInt, bool, LitStr)>,
+    /// Example calls: `example(params = r#"{..}"#, result = r#"..."#)`.
+    examples: Vec<Example>,
+}
+
+/// One `example(name = "...", params = "<json>", result = "<json>")`.
+struct Example {
+    name: Option<LitStr>,
+    params: LitStr,
+    result: Option<LitStr>,
 }
 
 const USAGE: &str = "expected `#[rpc_method(\"method.name\")]`";
+const OPTIONS: &str =
+    "the options are `crate = \"path\"`, `errors(CODE = \"message\", ...)` and `example(params = \"<json>\", result = \"<json>\")`";
 
 impl Parse for Args {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -41,11 +55,11 @@ impl Parse for Args {
         validate_name(&name)?;
 
         let mut krate: Option<Path> = None;
+        let mut errors: Option<Vec<(syn::LitInt, bool, LitStr)>> = None;
+        let mut examples = Vec::new();
         while !input.is_empty() {
             if !input.peek(Token![,]) {
-                return Err(input.error(
-                    "expected `,` after the method name; the only option is `crate = \"path\"`",
-                ));
+                return Err(input.error(format!("expected `,` after the method name; {OPTIONS}")));
             }
             input.parse::<Token![,]>()?;
             if input.is_empty() {
@@ -53,10 +67,24 @@ impl Parse for Args {
             }
             // `crate` is a keyword: parse any identifier.
             let key = input.call(syn::Ident::parse_any)?;
+            if key == "errors" {
+                if errors.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        &key,
+                        "the `errors` option is given more than once",
+                    ));
+                }
+                errors = Some(parse_errors(input)?);
+                continue;
+            }
+            if key == "example" {
+                examples.push(parse_example(input)?);
+                continue;
+            }
             if key != "crate" {
                 return Err(syn::Error::new_spanned(
                     &key,
-                    format!("unknown #[rpc_method] option `{key}`; the only option is `crate = \"path\"`"),
+                    format!("unknown #[rpc_method] option `{key}`; {OPTIONS}"),
                 ));
             }
             if krate.is_some() {
@@ -86,8 +114,114 @@ impl Parse for Args {
         Ok(Args {
             name,
             krate: krate.unwrap_or_else(|| syn::parse_quote!(::nbio_ws)),
+            errors: errors.unwrap_or_default(),
+            examples,
         })
     }
+}
+
+/// `errors(-32602 = "text missing", 4001 = "room full")`: integer codes
+/// (an optional `-`), each with its message, each code once.
+fn parse_errors(input: ParseStream) -> syn::Result<Vec<(syn::LitInt, bool, LitStr)>> {
+    const FORM: &str =
+        "expected `errors(CODE = \"message\", ...)`, such as `errors(-32602 = \"text missing\")`";
+    let content;
+    syn::parenthesized!(content in input);
+    let mut out: Vec<(syn::LitInt, bool, LitStr)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while !content.is_empty() {
+        let negative = content.parse::<Option<Token![-]>>()?.is_some();
+        let code: syn::LitInt = content
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        let value = code.base10_parse::<i64>().map_err(|_| {
+            syn::Error::new_spanned(
+                &code,
+                "an error code must be an integer that fits in 64 bits",
+            )
+        })?;
+        let value = if negative { -value } else { value };
+        if !seen.insert(value) {
+            return Err(syn::Error::new_spanned(
+                &code,
+                format!("error code {value} is documented more than once"),
+            ));
+        }
+        content
+            .parse::<Token![=]>()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        let message: LitStr = content
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        out.push((code, negative, message));
+        if content.is_empty() {
+            break;
+        }
+        content.parse::<Token![,]>()?;
+    }
+    Ok(out)
+}
+
+/// `example(name = "...", params = "<json>", result = "<json>")`: the
+/// JSON is checked here, at compile time.
+fn parse_example(input: ParseStream) -> syn::Result<Example> {
+    const FORM: &str = "expected `example(params = \"<json>\")`, optionally with `name = \"...\"` and `result = \"<json>\"`";
+    let paren = input.cursor().span();
+    let content;
+    syn::parenthesized!(content in input);
+    let (mut name, mut params, mut result) = (None, None, None);
+    while !content.is_empty() {
+        let key: syn::Ident = content
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        content
+            .parse::<Token![=]>()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        let value: LitStr = content
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), FORM))?;
+        let slot = match key.to_string().as_str() {
+            "name" => &mut name,
+            "params" => &mut params,
+            "result" => &mut result,
+            other => {
+                return Err(syn::Error::new_spanned(
+                    &key,
+                    format!("unknown `example` field `{other}`; {FORM}"),
+                ))
+            }
+        };
+        if slot.is_some() {
+            return Err(syn::Error::new_spanned(
+                &key,
+                format!("`{key}` is given more than once in this `example`"),
+            ));
+        }
+        if key != "name" {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&value.value()) {
+                return Err(syn::Error::new_spanned(
+                    &value,
+                    format!("the example's `{key}` is not valid JSON: {e}"),
+                ));
+            }
+        }
+        *slot = Some(value);
+        if content.is_empty() {
+            break;
+        }
+        content.parse::<Token![,]>()?;
+    }
+    let Some(params) = params else {
+        return Err(syn::Error::new(
+            paren,
+            format!("the example has no `params`: {FORM}"),
+        ));
+    };
+    Ok(Example {
+        name,
+        params,
+        result,
+    })
 }
 
 fn validate_name(name: &LitStr) -> syn::Result<()> {
@@ -205,13 +339,44 @@ fn validate_name(name: &LitStr) -> syn::Result<()> {
 /// fn pong() -> &'static str { "ping" }
 /// ```
 ///
+/// # Describing the method (OpenRPC)
+///
+/// With nbio-ws's `openrpc` cargo feature, the attribute also records a
+/// description of the method for the server's OpenRPC document
+/// (`rpc.discover`, `GET /openrpc.json`; see `nbio_ws::openrpc`): its name,
+/// its doc comment (the first paragraph is the summary, the rest the
+/// description), the JSON Schema of its params (from the `Params<T>`
+/// argument) and of its result (the `Ok` type, or the returned type). Two
+/// options add what the signature cannot say, and are accepted (and
+/// checked) with or without the feature:
+///
+/// - `errors(CODE = "message", ...)`: the errors the method answers with,
+///   such as `errors(-32602 = "text is empty", 4001 = "room is full")`;
+/// - `example(params = "<json>", result = "<json>")`, any number of times:
+///   an example call, with the `params` as a client sends them and,
+///   optionally, the `result` and a `name = "..."`. The JSON is checked at
+///   compile time.
+///
+/// ```ignore
+/// /// Echoes the text back to the caller.
+/// #[rpc_method(
+///     "self.reply",
+///     errors(-32602 = "text is empty"),
+///     example(params = r#"{"text": "hi"}"#, result = r#"{"echo": "hi"}"#),
+/// )]
+/// fn self_reply(Params(p): Params<Text>) -> Result<Reply, RpcError> { ... }
+/// ```
+///
+/// Without the feature, nothing of this is compiled.
+///
 /// # Compile errors
 ///
 /// Wrong uses are refused at compile time, with the error on the offending
 /// code:
 ///
-/// - a missing, non-string or empty name, a reserved `rpc.` name, or an
-///   unknown option;
+/// - a missing, non-string or empty name, a reserved `rpc.` name, an
+///   unknown option, an error code given twice, an example whose JSON does
+///   not parse;
 /// - anything but a free function: a struct, a method taking `self`;
 /// - a generic function (type, const or lifetime parameters, or a `where`
 ///   clause), an `impl Trait` argument, an `unsafe`, `extern` or variadic
@@ -381,6 +546,8 @@ fn generate(args: &Args, func: &ItemFn) -> TokenStream2 {
         })
     };
 
+    let openrpc = openrpc_description(args, func);
+
     quote! {
         #func
 
@@ -417,8 +584,130 @@ fn generate(args: &Args, func: &ItemFn) -> TokenStream2 {
                     ::core::concat!(::core::module_path!(), #location),
                 )
             }
+
+            #openrpc
         };
     }
+}
+
+/// The method's description for OpenRPC: a call to nbio-ws's
+/// `__nbio_ws_openrpc_method!`, which expands to nothing unless nbio-ws is
+/// built with its `openrpc` feature (so the user's crate need not know of
+/// the feature).
+fn openrpc_description(args: &Args, func: &ItemFn) -> TokenStream2 {
+    let sig = &func.sig;
+    let krate = &args.krate;
+    let name = &args.name;
+    let location = format!("::{}", sig.ident.unraw());
+    let (summary, description) = doc_text(&func.attrs);
+
+    let arg_entries = sig.inputs.iter().filter_map(|arg| match arg {
+        FnArg::Typed(pt) => {
+            let ty = &pt.ty;
+            let names = positional_names(&pt.pat);
+            Some(quote!((#ty, [#(#names),*])))
+        }
+        FnArg::Receiver(_) => None,
+    });
+    // An `impl Trait` return type cannot be named: its result is not
+    // described.
+    let result = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) if find_impl_trait(ty).is_some() => quote!(),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let errors = args.errors.iter().map(|(code, negative, message)| {
+        let minus = negative.then(|| quote!(-));
+        quote!((#minus #code, #message))
+    });
+    let some = |lit: &Option<LitStr>| match lit {
+        Some(l) => quote!(::core::option::Option::Some(#l)),
+        None => quote!(::core::option::Option::None),
+    };
+    let examples = args.examples.iter().map(|e| {
+        let ex_name = some(&e.name);
+        let params = &e.params;
+        let ex_result = some(&e.result);
+        quote!((#ex_name, #params, #ex_result))
+    });
+    quote! {
+        #krate::__nbio_ws_openrpc_method! {
+            name: #name,
+            location: ::core::concat!(::core::module_path!(), #location),
+            summary: #summary,
+            description: #description,
+            args: [#(#arg_entries),*],
+            result: [#result],
+            errors: [#(#errors),*],
+            examples: [#(#examples),*],
+        }
+    }
+}
+
+/// The doc comment of `attrs`: its first paragraph (lines joined by
+/// spaces), then the rest (empty when there is none).
+fn doc_text(attrs: &[syn::Attribute]) -> (String, String) {
+    let mut lines: Vec<String> = Vec::new();
+    for attr in attrs {
+        if !attr.path().is_ident("doc") {
+            continue;
+        }
+        if let syn::Meta::NameValue(nv) = &attr.meta {
+            if let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+            {
+                // `split`, not `lines`: an empty `///` line is a paragraph break.
+                for line in s.value().split('\n') {
+                    lines.push(line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned());
+                }
+            }
+        }
+    }
+    let mut rest = lines.iter().skip_while(|l| l.trim().is_empty());
+    let summary: Vec<&str> = rest
+        .by_ref()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim())
+        .collect();
+    let description: Vec<&str> = rest.map(String::as_str).collect();
+    (
+        summary.join(" "),
+        description.join("\n").trim_matches('\n').to_owned(),
+    )
+}
+
+/// The names bound by a positional params pattern, `Params((a, b))` or
+/// `Params([x, y])`: one per element (`""` for `_` and other patterns), or
+/// none for any other pattern.
+fn positional_names(pat: &syn::Pat) -> Vec<String> {
+    let syn::Pat::TupleStruct(ts) = pat else {
+        return Vec::new();
+    };
+    let Some(inner) = ts.elems.first().filter(|_| ts.elems.len() == 1) else {
+        return Vec::new();
+    };
+    let elems = match inner {
+        syn::Pat::Tuple(t) => &t.elems,
+        syn::Pat::Slice(s) => &s.elems,
+        _ => return Vec::new(),
+    };
+    if elems.iter().any(|p| matches!(p, syn::Pat::Rest(_))) {
+        return Vec::new();
+    }
+    elems
+        .iter()
+        .map(|p| match p {
+            syn::Pat::Ident(i) => i
+                .ident
+                .unraw()
+                .to_string()
+                .trim_start_matches('_')
+                .to_owned(),
+            _ => String::new(),
+        })
+        .collect()
 }
 
 /// The first `impl Trait` inside `ty`, if any.
@@ -484,6 +773,80 @@ mod tests {
         assert!(args_err(quote!("x", crate = "a b")).contains("must name the nbio-ws crate"));
         assert!(args_err(quote!("x", crate = 1)).contains("must name the nbio-ws crate"));
         assert!(args_err(quote!("x" "y")).contains("expected `,`"));
+        assert!(
+            args_err(quote!("x", errors(1 = "a", 1 = "b"))).contains("documented more than once")
+        );
+        assert!(args_err(quote!("x", errors(-1 = "a"), errors(2 = "b"))).contains("more than once"));
+        assert!(args_err(quote!("x", errors(a = "b"))).contains("expected `errors(CODE"));
+        assert!(args_err(quote!("x", errors(1 = 2))).contains("expected `errors(CODE"));
+        assert!(args_err(quote!("x", example(result = "1"))).contains("has no `params`"));
+        assert!(args_err(quote!("x", example(params = "{"))).contains("not valid JSON"));
+        assert!(
+            args_err(quote!("x", example(params = "1", params = "2"))).contains("more than once")
+        );
+        assert!(
+            args_err(quote!("x", example(param = "1"))).contains("unknown `example` field `param`")
+        );
+    }
+
+    #[test]
+    fn documentation_options() {
+        let a = args(quote!(
+            "x",
+            errors(-32602 = "bad", 4001 = "full",),
+            example(params = "[1]"),
+            example(name = "n", params = r#"{"a": 1}"#, result = "true"),
+        ))
+        .unwrap();
+        let codes: Vec<(String, bool, String)> = a
+            .errors
+            .iter()
+            .map(|(c, neg, m)| (c.to_string(), *neg, m.value()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("32602".to_owned(), true, "bad".to_owned()),
+                ("4001".to_owned(), false, "full".to_owned())
+            ]
+        );
+        assert_eq!(a.examples.len(), 2);
+        assert_eq!(a.examples[1].name.as_ref().unwrap().value(), "n");
+        assert_eq!(a.examples[1].result.as_ref().unwrap().value(), "true");
+    }
+
+    #[test]
+    fn doc_comments_and_positional_names() {
+        let func: ItemFn = syn::parse2(quote!(
+            /// First line,
+            /// second line.
+            ///
+            /// More.
+            ///
+            /// Even more.
+            fn f(
+                Params((a, _b, _)): Params<(u8, u8, u8)>,
+                _: Hub,
+                Params([x, y]): Params<[u8; 2]>,
+                p: Params<u8>,
+            ) {
+            }
+        ))
+        .unwrap();
+        let (summary, description) = doc_text(&func.attrs);
+        assert_eq!(summary, "First line, second line.");
+        assert_eq!(description, "More.\n\nEven more.");
+        let names: Vec<Vec<String>> = func
+            .sig
+            .inputs
+            .iter()
+            .map(|a| match a {
+                FnArg::Typed(pt) => positional_names(&pt.pat),
+                FnArg::Receiver(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(names, [vec!["a", "b", ""], vec![], vec!["x", "y"], vec![]]);
+        assert_eq!(doc_text(&[]), (String::new(), String::new()));
     }
 
     #[test]

@@ -180,6 +180,10 @@ mod hub;
 mod router;
 mod ws;
 
+// Self-description: the OpenRPC document (feature `openrpc`).
+#[cfg(feature = "openrpc")]
+pub mod openrpc;
+
 // Composition: configuration, HTTP, the server and its builder.
 mod config;
 mod http;
@@ -220,6 +224,15 @@ pub use nbio_ws_macros::rpc_method;
 
 #[doc(hidden)]
 pub use router::__private;
+
+/// Without the `openrpc` feature, `#[rpc_method]`'s description of a
+/// method compiles to nothing. Not a public API.
+#[cfg(not(feature = "openrpc"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __nbio_ws_openrpc_method {
+    ($($description:tt)*) => {};
+}
 
 /// Installs a global `tracing` subscriber with the configured level
 /// (`WS_LOG_LEVEL`, overridden by `RUST_LOG` when set) and format

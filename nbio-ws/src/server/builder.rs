@@ -51,6 +51,10 @@ pub enum BuildError {
     /// not parse, a header limit under 8 KiB.
     #[error("{0}")]
     Security(String),
+    /// A method description (`ServerBuilder::method_doc`, feature
+    /// `openrpc`) names a method that is not registered.
+    #[error("a description is given for method {0:?}, which is not registered")]
+    UnknownMethodDoc(String),
 }
 
 /// A setting given to the builder, applied over the base config.
@@ -111,6 +115,9 @@ pub struct ServerBuilder {
     authenticator: Option<Arc<dyn Authenticator>>,
     /// A security setting given to the builder that does not parse.
     security_error: Option<String>,
+    /// What the OpenRPC document says (see [`crate::openrpc`]).
+    #[cfg(feature = "openrpc")]
+    openrpc: crate::openrpc::Options,
 }
 
 impl ServerBuilder {
@@ -130,6 +137,8 @@ impl ServerBuilder {
             history_store: None,
             authenticator: None,
             security_error: None,
+            #[cfg(feature = "openrpc")]
+            openrpc: crate::openrpc::Options::default(),
         }
     }
 
@@ -616,16 +625,46 @@ impl ServerBuilder {
             }
         }
         all.extend(self.methods);
-        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-        for (name, _, origin) in &all {
-            if let Some(first) = seen.insert(name, origin) {
-                return Err(BuildError::DuplicateMethod {
-                    name: name.clone(),
-                    first: first.to_owned(),
-                    second: origin.clone(),
-                });
+        let check_duplicates = |all: &[(String, ErasedHandler, String)]| {
+            let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+            for (name, _, origin) in all {
+                if let Some(first) = seen.insert(name, origin) {
+                    return Err(BuildError::DuplicateMethod {
+                        name: name.clone(),
+                        first: first.to_owned(),
+                        second: origin.clone(),
+                    });
+                }
             }
-        }
+            Ok(())
+        };
+        check_duplicates(&all)?;
+
+        #[allow(unused_mut)]
+        let mut pages = self.pages;
+        #[cfg(feature = "openrpc")]
+        let openrpc = if self.raw.is_some() {
+            None
+        } else {
+            let doc = self
+                .openrpc
+                .document(
+                    all.iter().map(|(n, _, o)| (n.as_str(), o.as_str())),
+                    crate::openrpc::default_server(cfg.tls.enabled, &cfg.host, cfg.port, &cfg.path),
+                )
+                .map_err(BuildError::UnknownMethodDoc)?;
+            let doc: Arc<str> = Arc::from(doc);
+            if self.openrpc.discover {
+                all.push(crate::openrpc::discover_method(Arc::clone(&doc)));
+                check_duplicates(&all)?;
+            }
+            if self.openrpc.http {
+                pages
+                    .entry("/openrpc.json".to_owned())
+                    .or_insert(("application/json", bytes::Bytes::from(doc.to_string())));
+            }
+            Some(doc)
+        };
 
         let broker = match self.broker {
             Some(b) => {
@@ -697,14 +736,97 @@ impl ServerBuilder {
             gate: Arc::new(gate),
             path: Arc::from(cfg.path.as_str()),
             tracker: TaskTracker::new(),
-            pages: Arc::new(self.pages),
+            pages: Arc::new(pages),
             admin_elsewhere: cfg.admin_addr.is_some(),
         };
         Ok(Server {
             endpoint,
             config,
             tls,
+            #[cfg(feature = "openrpc")]
+            openrpc,
         })
+    }
+}
+
+/// The OpenRPC document (feature `openrpc`; see [`crate::openrpc`]).
+#[cfg(feature = "openrpc")]
+impl ServerBuilder {
+    /// The `info` of the document: the API's title and version (default
+    /// `"nbio-ws server"`, `"0.0.0"`).
+    pub fn openrpc_info(mut self, title: impl Into<String>, version: impl Into<String>) -> Self {
+        self.openrpc.info.title = title.into();
+        self.openrpc.info.version = version.into();
+        self
+    }
+
+    /// The `info.description` of the document (Markdown).
+    pub fn openrpc_description(mut self, description: impl Into<String>) -> Self {
+        self.openrpc.info.description = Some(description.into());
+        self
+    }
+
+    /// The WebSocket URL the document gives clients in `servers`, such as
+    /// `wss://chat.example.com/ws` behind a proxy. By default it is the
+    /// address the server is configured to listen on (`localhost` for a
+    /// wildcard address); with port 0 and no URL given, `servers` is left
+    /// out.
+    pub fn openrpc_server_url(mut self, url: impl Into<String>) -> Self {
+        self.openrpc.server_url = Some(url.into());
+        self
+    }
+
+    /// Describes the method `name` (one registered with
+    /// [`method`](ServerBuilder::method), or an `#[rpc_method]` whose
+    /// description this replaces). [`build`](ServerBuilder::build) fails
+    /// if no method has that name.
+    pub fn method_doc(mut self, name: impl Into<String>, doc: crate::openrpc::MethodDoc) -> Self {
+        self.openrpc.docs.push((name.into(), doc));
+        self
+    }
+
+    /// Describes a notification the server sends to clients (with
+    /// [`Hub::broadcast`](crate::Hub::broadcast), a room, or a client):
+    /// its method name, its params (what `T` serializes to) and a doc text
+    /// (first paragraph: summary; the rest: description). They are listed
+    /// in the document's `x-notifications`.
+    ///
+    /// ```
+    /// use schemars::JsonSchema;
+    ///
+    /// #[derive(serde::Serialize, JsonSchema)]
+    /// struct Said { from: String, text: String }
+    ///
+    /// let server = nbio_ws::Server::builder()
+    ///     .notification::<Said>("chat.message", "A message said in a room you are in.")
+    ///     .build()?;
+    /// let doc: serde_json::Value = serde_json::from_str(server.openrpc_document().unwrap())?;
+    /// assert_eq!(doc["x-notifications"][0]["name"], "chat.message");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn notification<T: schemars::JsonSchema>(
+        mut self,
+        name: impl Into<String>,
+        doc: &str,
+    ) -> Self {
+        self.openrpc
+            .notifications
+            .push(crate::openrpc::NotificationDoc::new::<T>(name.into(), doc));
+        self
+    }
+
+    /// Whether the `rpc.discover` method answers the document (default
+    /// `true`).
+    pub fn rpc_discover(mut self, enabled: bool) -> Self {
+        self.openrpc.discover = enabled;
+        self
+    }
+
+    /// Whether `GET /openrpc.json` answers the document (default `true`;
+    /// a [`page`](ServerBuilder::page) at that path wins).
+    pub fn openrpc_http(mut self, enabled: bool) -> Self {
+        self.openrpc.http = enabled;
+        self
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Server {
     endpoint: WsEndpoint,
     config: Config,
     tls: crate::tls::Tls,
+    /// The OpenRPC document, built once (none in raw mode).
+    #[cfg(feature = "openrpc")]
+    openrpc: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -87,6 +90,15 @@ impl Server {
             Mode::Rpc(r) => r.method_names(),
             Mode::Raw(_) => Vec::new(),
         }
+    }
+
+    /// The OpenRPC document of the server (feature `openrpc`): what
+    /// `rpc.discover` and `GET /openrpc.json` answer, built once by
+    /// [`ServerBuilder::build`]. `None` in raw mode. See
+    /// [`openrpc`](crate::openrpc).
+    #[cfg(feature = "openrpc")]
+    pub fn openrpc_document(&self) -> Option<&str> {
+        self.openrpc.as_deref()
     }
 
     #[cfg(feature = "internal-hooks")]
