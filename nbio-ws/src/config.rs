@@ -72,6 +72,14 @@ pub enum LogFormat {
 /// | `WS_TLS_ENABLED` | `false` | serve TLS (feature `tls`) |
 /// | `WS_TLS_CERT` / `WS_TLS_KEY` | — | PEM certificate chain / private key |
 ///
+/// Compression (permessage-deflate, see [`CompressionConfig`](crate::CompressionConfig)):
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `WS_COMPRESSION` | `false` | accept clients' `permessage-deflate` offers |
+/// | `WS_COMPRESSION_LEVEL` | `6` | deflate level, 0 (store) to 9 (smallest) |
+/// | `WS_COMPRESSION_THRESHOLD` | `256` | messages shorter than this go uncompressed |
+///
 /// Durations are written `500ms`, `10s`, `1m`, `1h` (a bare number is
 /// seconds). Sizes accept a plain byte count or a `KiB`/`MiB` suffix.
 /// Booleans are `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. An invalid
@@ -146,6 +154,9 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// History of rooms (`WS_HISTORY_*`); see [`history`](crate::history).
     pub history: crate::history::HistoryConfig,
+    /// permessage-deflate (`WS_COMPRESSION`, `WS_COMPRESSION_LEVEL`,
+    /// `WS_COMPRESSION_THRESHOLD`).
+    pub compression: crate::deflate::CompressionConfig,
 }
 
 impl Default for Config {
@@ -171,6 +182,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             history: crate::history::HistoryConfig::default(),
+            compression: crate::deflate::CompressionConfig::default(),
         }
     }
 }
@@ -272,6 +284,7 @@ impl Config {
             limits: crate::limits::LimitsConfig::from_env(&env)?,
             tls: crate::tls::TlsConfig::from_env(&env)?,
             history: crate::history::HistoryConfig::from_env(&env)?,
+            compression: crate::deflate::CompressionConfig::from_env(&env)?,
         };
         Ok(cfg)
     }

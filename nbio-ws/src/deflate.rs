@@ -22,10 +22,10 @@
 //! it passes the message size limit, so a small frame that would inflate
 //! to gigabytes costs at most the limit.
 
-// Wired into the connection and the upgrade separately.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -335,6 +335,67 @@ impl Deflate {
     /// until a compressed message arrives).
     pub(crate) fn inflater(&self) -> Inflater {
         Inflater::new(self.client_window_bits, self.client_no_context_takeover)
+    }
+
+    /// The compressed payload of a message to send, or `None` when it goes
+    /// uncompressed: shorter than the threshold, or no smaller compressed.
+    pub(crate) fn compress(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        if payload.len() < self.threshold {
+            return None;
+        }
+        let c = deflate_message(self.level, self.server_window_bits, payload);
+        (c.len() < payload.len()).then_some(c)
+    }
+}
+
+/// A text message queued for many connections (a broadcast, a room
+/// publication): the uncompressed bytes, shared, and its compressed
+/// forms, each made at most once, by the first connection that needs it,
+/// then shared by every connection that negotiated the same window.
+pub(crate) struct SharedText {
+    bytes: Bytes,
+    /// By server window bits − 8; `None` inside: sent uncompressed.
+    compressed: [OnceLock<Option<Bytes>>; 8],
+}
+
+impl std::fmt::Debug for SharedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedText")
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedText {
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        SharedText {
+            bytes,
+            compressed: Default::default(),
+        }
+    }
+
+    /// The uncompressed message.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The compressed payload for a connection that agreed to `d`, or
+    /// `None` when the message goes uncompressed. Every connection of a
+    /// server has the same level and threshold, so the window is the key.
+    pub(crate) fn compressed(&self, d: &Deflate) -> Option<&Bytes> {
+        if self.bytes.len() < d.threshold {
+            return None;
+        }
+        let slot = usize::from(d.server_window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS) - 8);
+        self.compressed[slot]
+            .get_or_init(|| d.compress(&self.bytes).map(Bytes::from))
+            .as_ref()
+    }
+
+    /// How many compressed forms were made (for tests).
+    #[cfg(test)]
+    pub(crate) fn compressions(&self) -> usize {
+        self.compressed.iter().filter(|c| c.get().is_some()).count()
     }
 }
 
@@ -802,6 +863,37 @@ mod tests {
             let c = deflate_message(6, 15, &msg);
             assert_eq!(client_inflate(&c, 15), msg);
         }
+    }
+
+    #[test]
+    fn a_shared_message_is_compressed_once_per_window() {
+        let (d15, _) = negotiate(&on(), &["permessage-deflate"]).unwrap();
+        let (d10, _) =
+            negotiate(&on(), &["permessage-deflate; server_max_window_bits=10"]).unwrap();
+        let msg = Bytes::from(json_payload(1024));
+        let shared = SharedText::new(msg.clone());
+        let a = shared.compressed(&d15).unwrap().clone();
+        let b = shared.compressed(&d15).unwrap().clone();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy");
+        assert_eq!(shared.compressions(), 1);
+        assert_eq!(client_inflate(&a, 15), &msg[..]);
+        let c = shared.compressed(&d10).unwrap();
+        assert_eq!(client_inflate(c, 10), &msg[..]);
+        assert_eq!(shared.compressions(), 2);
+        assert_eq!(shared.bytes(), &msg);
+        // Below the threshold, or incompressible: sent as it is.
+        let small = SharedText::new(Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}"));
+        assert!(small.compressed(&d15).is_none());
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(d15.compress(&noise).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 
+use crate::deflate::Inflater;
 use crate::hub::{Client, OutRx};
 use crate::jsonrpc::{self, Message, Parsed};
 use crate::ws::conn::Mode;
@@ -137,7 +138,10 @@ fn opcode(bits: u8) -> OpCode {
 /// exceed the limit and text messages are valid UTF-8.
 pub fn assembler(data: &[u8]) {
     const MAX: usize = 64;
-    let mut a = Assembler::new(MAX);
+    // Compression is negotiated in every run: RSV1 (0x40 in the header
+    // byte) marks a compressed message, inflated under the same limit.
+    let new = || Assembler::new(MAX).with_inflater(Inflater::new(15, false));
+    let mut a = new();
     let mut rest = data;
     while let [head, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
@@ -151,6 +155,7 @@ pub fn assembler(data: &[u8]) {
         }
         let frame = InFrame {
             fin: head & 0x80 != 0,
+            rsv1: head & 0x40 != 0 && op != OpCode::Continuation,
             opcode: op,
             payload: BytesMut::from(payload),
         };
@@ -160,7 +165,7 @@ pub fn assembler(data: &[u8]) {
             // After a violation the connection ends: start over.
             Err(v) => {
                 check_violation(v);
-                a = Assembler::new(MAX);
+                a = new();
             }
         }
     }
@@ -209,6 +214,11 @@ pub fn frames(data: &[u8]) {
     let chunk = usize::from(chunking % 16) + 1;
     let mut reader = FrameReader::new(MAX);
     let mut a = Assembler::new(MAX);
+    if chunking & 0x80 != 0 {
+        // permessage-deflate negotiated, the client keeping its context.
+        reader.allow_compressed(crate::ws::message::compressed_limit(MAX));
+        a = a.with_inflater(Inflater::new(12, false));
+    }
     loop {
         loop {
             match reader.next_frame() {

@@ -190,6 +190,7 @@ mod http;
 mod server;
 
 pub use config::{Config, LogFormat};
+pub use deflate::CompressionConfig;
 pub use env::ConfigError;
 pub use http::{Body, SecurityStats, WsEndpoint};
 pub use hub::{Client, Hub, RoomSender, SendError};

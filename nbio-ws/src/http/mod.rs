@@ -147,7 +147,15 @@ impl WsEndpoint {
                 )
             }
         };
+        // permessage-deflate: the first acceptable offer, if enabled.
+        let deflate = self.shared.settings.compression.negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
         let shared = Arc::clone(&self.shared);
+        let (deflate, extensions) = deflate.unzip();
         self.tracker.spawn(conn::run(
             fut,
             shared,
@@ -155,8 +163,14 @@ impl WsEndpoint {
             admitted.identity,
             admitted.slot,
             self.gate.rate_limiter(),
+            deflate,
         ));
         let (mut parts, _) = res.into_parts();
+        if let Some(value) = extensions.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+        }
         if let Some(protocol) = admitted.subprotocol {
             parts
                 .headers

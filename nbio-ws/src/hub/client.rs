@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::Notify;
 
+use crate::deflate::SharedText;
 use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::types::ClientId;
@@ -48,6 +49,9 @@ pub enum SendError {
 pub(crate) enum Outbound {
     Text(Bytes),
     Binary(Bytes),
+    /// A text message queued for many clients; its compressed form is
+    /// shared too.
+    Shared(Arc<SharedText>),
 }
 
 /// A close request for the writer task.

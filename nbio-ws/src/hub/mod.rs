@@ -33,6 +33,7 @@ pub(crate) use client::{CloseRequest, OutRx, Outbound};
 use crate::cluster::envelope::{Entry, Presence, SnapshotMembers};
 use crate::cluster::presence::Reply;
 use crate::cluster::{Inbound, Link, Publication};
+use crate::deflate::SharedText;
 use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::types::ClientId;
@@ -316,8 +317,14 @@ impl HubInner {
     fn deliver_local(&self, bytes: Bytes) -> usize {
         self.metrics.broadcast();
         let mut delivered = 0;
+        // One allocation for every recipient: the bytes and, made by the
+        // first writer that needs it, the compressed form.
+        let shared = Arc::new(SharedText::new(bytes));
         for c in self.clients.iter() {
-            if c.value().send(Outbound::Text(bytes.clone())).is_ok() {
+            if c.value()
+                .send(Outbound::Shared(Arc::clone(&shared)))
+                .is_ok()
+            {
                 delivered += 1;
             }
         }
@@ -404,14 +411,14 @@ mod tests {
         let mut ptrs = Vec::new();
         for rx in &mut rxs {
             match rx.recv().await {
-                Outbound::Text(b) => {
+                Outbound::Shared(s) => {
                     assert_eq!(
-                        &b[..],
+                        &s.bytes()[..],
                         br#"{"jsonrpc":"2.0","method":"m","params":{"x":1}}"#
                     );
-                    ptrs.push(b.as_ptr());
+                    ptrs.push(Arc::as_ptr(&s));
                 }
-                Outbound::Binary(_) => panic!("binary"),
+                other => panic!("not shared: {other:?}"),
             }
         }
         assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "serialized once");

@@ -60,6 +60,7 @@ use super::Hub;
 use crate::cluster::envelope::{Entry as Wire, Presence, SnapshotMembers};
 use crate::cluster::presence::{Replica, Reply};
 use crate::cluster::Link;
+use crate::deflate::SharedText;
 use crate::history::{HistoryError, Position, Recovery};
 use crate::jsonrpc;
 use crate::types::{ClientId, Member, PresenceEvent};
@@ -252,10 +253,11 @@ impl Rooms {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
+        let shared = Arc::new(SharedText::new(bytes.clone()));
         members
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, e)| e.client.send(Outbound::Text(bytes.clone())).is_ok())
+            .filter(|(_, e)| e.client.send(Outbound::Shared(Arc::clone(&shared))).is_ok())
             .count()
     }
 

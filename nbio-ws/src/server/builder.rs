@@ -55,6 +55,10 @@ pub enum BuildError {
     /// `openrpc`) names a method that is not registered.
     #[error("a description is given for method {0:?}, which is not registered")]
     UnknownMethodDoc(String),
+    /// A compression setting out of range (a level over 9, window bits
+    /// outside 8–15).
+    #[error("{0}")]
+    Compression(String),
 }
 
 /// A setting given to the builder, applied over the base config.
@@ -583,6 +587,39 @@ impl ServerBuilder {
         self.set(move |c| c.tls = tls.clone())
     }
 
+    /// Accepts clients' `permessage-deflate` offers (RFC 7692), or not
+    /// (default: off, `WS_COMPRESSION`). A broadcast or room message is
+    /// then compressed once and the compressed bytes are shared by every
+    /// recipient that negotiated compression; see
+    /// [`CompressionConfig`](crate::CompressionConfig).
+    pub fn compression(self, enabled: bool) -> Self {
+        self.set(move |c| c.compression.enabled = enabled)
+    }
+
+    /// The deflate level of what the server sends, 0 (store) to 9
+    /// (smallest); default 6. Does not by itself turn compression on.
+    pub fn compression_level(self, level: u32) -> Self {
+        self.set(move |c| c.compression.level = level)
+    }
+
+    /// Messages shorter than this many bytes are sent uncompressed
+    /// (default 256). Does not by itself turn compression on.
+    pub fn compression_threshold(self, bytes: usize) -> Self {
+        self.set(move |c| c.compression.threshold = bytes)
+    }
+
+    /// The largest LZ77 windows, as bits (8–15): the server's own (default
+    /// 15; it costs no memory per connection, deflaters are per thread)
+    /// and the one asked of clients that keep their context between
+    /// messages (default 12, a 4 KiB window: the inflate state such a
+    /// connection holds). Does not by itself turn compression on.
+    pub fn compression_window_bits(self, server: u8, client: u8) -> Self {
+        self.set(move |c| {
+            c.compression.server_max_window_bits = server;
+            c.compression.client_max_window_bits = client;
+        })
+    }
+
     /// Checks the configuration and builds the server. Fails on a method
     /// name registered twice, a path without a leading `/`, a zero
     /// limit, or pub/sub settings that cannot work (an adapter that is not
@@ -711,6 +748,9 @@ impl ServerBuilder {
                 crate::limits::MIN_HEADER_SIZE
             )));
         }
+        cfg.compression
+            .validate()
+            .map_err(BuildError::Compression)?;
         let tls = crate::tls::Tls::new(&cfg.tls).map_err(BuildError::Security)?;
         let gate = Gate::new(cfg, self.authenticator, Arc::clone(hub.metrics()))
             .map_err(BuildError::Security)?;
@@ -722,6 +762,7 @@ impl ServerBuilder {
             close_timeout: self.close_timeout,
             drain_timeout: cfg.shutdown_timeout,
             max_inflight: cfg.max_concurrent_requests,
+            compression: cfg.compression.clone(),
         };
         let shared = Arc::new(Shared {
             hub,

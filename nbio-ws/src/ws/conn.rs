@@ -27,6 +27,9 @@
 //! | condition | answer |
 //! |---|---|
 //! | a message over the size limit, counting every fragment | close 1009 |
+//! | a compressed message that inflates past the size limit (checked while inflating) | close 1009 |
+//! | compressed data that does not inflate | close 1007 |
+//! | RSV1 without permessage-deflate, or on a control or continuation frame | close 1002 |
 //! | a control frame over 125 bytes (close frames included) | close 1002 |
 //! | a malformed close frame or an invalid close code | close 1002 |
 //! | an unmasked frame, reserved bits or opcodes | close 1002 |
@@ -48,7 +51,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
 use super::frame::{FrameReader, FrameWriter, InFrame, OpCode, Violation};
-use super::message::{close_event, Assembler, RawMessage};
+use super::message::{close_event, compressed_limit, Assembler, RawMessage};
+use crate::deflate::{CompressionConfig, Deflate};
 use crate::hub::{Client, CloseRequest, Hub, OutRx, Outbound};
 use crate::jsonrpc::RpcError;
 use crate::limits::{ConnectionSlot, RateLimiter};
@@ -77,6 +81,8 @@ pub(crate) struct Settings {
     pub close_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_inflight: usize,
+    /// permessage-deflate settings; negotiated per connection.
+    pub compression: CompressionConfig,
 }
 
 /// Messages held back, at most, while a connection is at its concurrency
@@ -120,6 +126,8 @@ pub(crate) async fn run(
     // Counted against the connection caps until this function returns.
     _slot: ConnectionSlot,
     limiter: Option<RateLimiter>,
+    // What permessage-deflate negotiated, if it did.
+    deflate: Option<Deflate>,
 ) {
     let mut io = match upgrade.await {
         // Only the upgraded socket is kept: frames are read and written by
@@ -147,14 +155,21 @@ pub(crate) async fn run(
         run_hook(hook, &client, "on_connect").await;
     }
 
+    let max = shared.settings.max_message_size;
+    let mut reader = FrameReader::new(max);
+    let mut assembler = Assembler::new(max);
+    if let Some(d) = &deflate {
+        reader.allow_compressed(compressed_limit(max));
+        assembler = assembler.with_inflater(d.inflater());
+    }
     let code = Conn {
         io: &mut io,
         client: &client,
         shared: &shared,
         rx,
-        reader: FrameReader::new(shared.settings.max_message_size),
+        reader,
         writer: FrameWriter::new(),
-        assembler: Assembler::new(shared.settings.max_message_size),
+        assembler,
         // Raw mode runs one message at a time, in order.
         inflight: InFlight::new(match shared.mode {
             Mode::Rpc(_) => shared.settings.max_inflight,
@@ -163,6 +178,7 @@ pub(crate) async fn run(
         held: VecDeque::new(),
         held_bytes: 0,
         limiter,
+        deflate,
     }
     .drive()
     .await;
@@ -209,6 +225,8 @@ struct Conn<'a> {
     held_bytes: usize,
     /// The connection's rate limit, if rate limiting is on.
     limiter: Option<RateLimiter>,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Deflate>,
 }
 
 /// The socket failed or the connection was aborted.
@@ -368,6 +386,7 @@ impl Conn<'_> {
     async fn write_queued(&mut self, first: Option<Outbound>) -> Result<(), Gone> {
         let (io, writer, client, rx) = (&mut *self.io, &mut self.writer, self.client, &mut self.rx);
         let metrics = self.shared.hub.metrics();
+        let deflate = self.deflate.as_ref();
         abortable(client, async {
             let mut next = first;
             if next.is_none() {
@@ -377,10 +396,31 @@ impl Conn<'_> {
                 // Counted before the write so a client that sees the message
                 // also sees it counted.
                 metrics.messages_out(1);
-                match &msg {
-                    Outbound::Text(b) => writer.frame(io, OpCode::Text, b).await?,
-                    Outbound::Binary(b) => writer.frame(io, OpCode::Binary, b).await?,
-                }
+                let owned;
+                let (opcode, compressed, payload): (OpCode, bool, &[u8]) = match &msg {
+                    // Compressed once for every recipient with this window
+                    // (by whichever writer needs it first); the
+                    // uncompressed bytes are shared too.
+                    Outbound::Shared(s) => match deflate.and_then(|d| s.compressed(d)) {
+                        Some(c) => (OpCode::Text, true, c),
+                        None => (OpCode::Text, false, s.bytes()),
+                    },
+                    Outbound::Text(b) | Outbound::Binary(b) => {
+                        let opcode = if matches!(msg, Outbound::Text(_)) {
+                            OpCode::Text
+                        } else {
+                            OpCode::Binary
+                        };
+                        match deflate.and_then(|d| d.compress(b)) {
+                            Some(c) => {
+                                owned = c;
+                                (opcode, true, &owned)
+                            }
+                            None => (opcode, false, b),
+                        }
+                    }
+                };
+                writer.data_frame(io, opcode, compressed, payload).await?;
                 next = rx.try_recv();
             }
             writer.flush(io).await

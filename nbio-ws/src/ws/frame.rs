@@ -50,6 +50,8 @@ impl OpCode {
 #[derive(Debug)]
 pub(crate) struct InFrame {
     pub fin: bool,
+    /// RSV1: the first frame of a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: OpCode,
     pub payload: BytesMut,
 }
@@ -68,6 +70,8 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 pub(crate) struct FrameReader {
     buf: BytesMut,
     max_payload: usize,
+    /// permessage-deflate was negotiated: RSV1 may be set.
+    rsv1_allowed: bool,
 }
 
 impl FrameReader {
@@ -75,7 +79,15 @@ impl FrameReader {
         FrameReader {
             buf: BytesMut::new(),
             max_payload,
+            rsv1_allowed: false,
         }
+    }
+
+    /// Accepts RSV1 on the first frame of a data message (permessage-deflate
+    /// was negotiated), with frames of up to `max_payload` bytes.
+    pub(crate) fn allow_compressed(&mut self, max_payload: usize) {
+        self.rsv1_allowed = true;
+        self.max_payload = max_payload;
     }
 
     /// Reads more bytes from `io`. Cancel-safe: bytes are only ever
@@ -105,10 +117,19 @@ impl FrameReader {
             return Ok(None);
         }
         let fin = b[0] & 0x80 != 0;
-        if b[0] & 0x70 != 0 {
+        let rsv1 = b[0] & 0x40 != 0;
+        if b[0] & 0x30 != 0 || rsv1 && !self.rsv1_allowed {
             return Err(Violation(1002, "reserved bits set"));
         }
         let opcode = OpCode::from_bits(b[0] & 0x0f).ok_or(Violation(1002, "unknown opcode"))?;
+        if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+            // RFC 7692 §6: only the first frame of a data message says it
+            // is compressed; control frames never are.
+            return Err(Violation(
+                1002,
+                "RSV1 set on a control or continuation frame",
+            ));
+        }
         if b[1] & 0x80 == 0 {
             return Err(Violation(1002, "client frames must be masked"));
         }
@@ -161,15 +182,17 @@ impl FrameReader {
         fastwebsockets::unmask(&mut payload, mask);
         Ok(Some(InFrame {
             fin,
+            rsv1,
             opcode,
             payload,
         }))
     }
 }
 
-/// Appends a server frame header (FIN set, unmasked) to `out`.
-pub(crate) fn put_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
-    out.push(0x80 | opcode as u8);
+/// Appends a server frame header (FIN set, unmasked; RSV1 when
+/// `compressed`) to `out`.
+pub(crate) fn put_header(out: &mut Vec<u8>, opcode: OpCode, compressed: bool, len: usize) {
+    out.push(0x80 | if compressed { 0x40 } else { 0 } | opcode as u8);
     if len < 126 {
         out.push(len as u8);
     } else if len <= 0xFFFF {
@@ -203,7 +226,19 @@ impl FrameWriter {
         opcode: OpCode,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        put_header(&mut self.buf, opcode, payload.len());
+        self.data_frame(io, opcode, false, payload).await
+    }
+
+    /// Like [`FrameWriter::frame`], with RSV1 set when the payload is
+    /// compressed.
+    pub(crate) async fn data_frame<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        opcode: OpCode,
+        compressed: bool,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        put_header(&mut self.buf, opcode, compressed, payload.len());
         if payload.len() <= COPY_LIMIT {
             self.buf.extend_from_slice(payload);
             if self.buf.len() >= 4 * COPY_LIMIT {
@@ -324,6 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn rsv1_only_where_compression_was_negotiated() {
+        // Negotiated: RSV1 on the first frame of a data message.
+        let mut r = reader_with(&masked(0xC1, b"x"), 100);
+        r.allow_compressed(100);
+        assert!(r.next_frame().unwrap().unwrap().rsv1);
+        let mut r = reader_with(&masked(0x42, b"x"), 100);
+        r.allow_compressed(100);
+        assert!(r.next_frame().unwrap().unwrap().rsv1);
+        let mut r = reader_with(&masked(0x81, b"x"), 100);
+        r.allow_compressed(100);
+        assert!(!r.next_frame().unwrap().unwrap().rsv1);
+        // Never on control or continuation frames, never RSV2/RSV3.
+        for first in [0xC9, 0xCA, 0xC8, 0xC0, 0xA1, 0x91, 0xE1] {
+            let mut r = reader_with(&masked(first, b"x"), 100);
+            r.allow_compressed(100);
+            assert_eq!(r.next_frame().unwrap_err().0, 1002, "{first:#x}");
+        }
+    }
+
+    #[test]
     fn the_size_check_comes_before_buffering() {
         // Only the header of a huge frame has arrived: refused at once.
         let mut head = vec![0x82, 0x80 | 127];
@@ -338,7 +393,7 @@ mod tests {
     fn headers() {
         for (len, expect) in [(5usize, 2usize), (126, 4), (65535, 4), (65536, 10)] {
             let mut out = Vec::new();
-            put_header(&mut out, OpCode::Text, len);
+            put_header(&mut out, OpCode::Text, false, len);
             assert_eq!(out.len(), expect);
             assert_eq!(out[0], 0x81);
         }

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::frame::{InFrame, OpCode, Violation};
+use crate::deflate::Inflater;
 
 /// A whole message received in raw mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,24 +62,55 @@ fn valid_close_code(code: u16) -> bool {
 pub(crate) struct Assembler {
     max: usize,
     partial: Option<Partial>,
+    /// With permessage-deflate: the inflater, and the largest compressed
+    /// message accepted (a little over `max`: deflate can grow
+    /// incompressible data slightly).
+    inflate: Option<(Inflater, usize)>,
 }
 
 struct Partial {
     text: bool,
+    /// The frames are compressed (RSV1 on the first): UTF-8 is checked
+    /// after inflating.
+    compressed: bool,
     buf: BytesMut,
     /// Bytes of `buf` known to be valid UTF-8 (text only).
     checked: usize,
+}
+
+/// The largest compressed form of a message of `max` bytes: stored
+/// blocks cost 5 bytes per 64 KiB, plus the block that ends a flush.
+pub(crate) fn compressed_limit(max: usize) -> usize {
+    max.saturating_add(max / 16_384 * 5 + 64)
 }
 
 const INVALID_UTF8: Violation = Violation(1007, "invalid UTF-8 in a text message");
 
 impl Assembler {
     pub(crate) fn new(max: usize) -> Self {
-        Assembler { max, partial: None }
+        Assembler {
+            max,
+            partial: None,
+            inflate: None,
+        }
+    }
+
+    /// Inflates compressed messages with `inflater`; the size limit then
+    /// applies to the inflated message.
+    pub(crate) fn with_inflater(mut self, inflater: Inflater) -> Self {
+        self.inflate = Some((inflater, compressed_limit(self.max)));
+        self
     }
 
     pub(crate) fn push(&mut self, frame: InFrame) -> Result<Option<RawMessage>, Violation> {
         let payload = frame.payload;
+        // Compressed frames reach here only when the reader accepted RSV1,
+        // that is with an inflater.
+        let wire_max = match (&self.inflate, self.partial.as_ref()) {
+            (Some((_, limit)), Some(p)) if p.compressed => *limit,
+            (Some((_, limit)), None) if frame.rsv1 => *limit,
+            _ => self.max,
+        };
         match (frame.opcode, self.partial.as_mut()) {
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 Err(Violation(1002, "new data frame before the last fragment"))
@@ -87,39 +119,31 @@ impl Assembler {
                 Err(Violation(1002, "continuation frame without a message"))
             }
             (opcode, None) => {
-                if payload.len() > self.max {
+                if payload.len() > wire_max {
                     return Err(Violation(1009, "message too big"));
                 }
-                let text = opcode == OpCode::Text;
-                if frame.fin {
-                    if text && std::str::from_utf8(&payload).is_err() {
-                        return Err(INVALID_UTF8);
-                    }
-                    let b = payload.freeze();
-                    return Ok(Some(if text {
-                        RawMessage::Text(b)
-                    } else {
-                        RawMessage::Binary(b)
-                    }));
-                }
                 let mut p = Partial {
-                    text,
+                    text: opcode == OpCode::Text,
+                    compressed: frame.rsv1,
                     buf: payload,
                     checked: 0,
                 };
-                if text {
+                if frame.fin {
+                    return self.finish(p).map(Some);
+                }
+                if p.text && !p.compressed {
                     check_utf8(&mut p, false)?;
                 }
                 self.partial = Some(p);
                 Ok(None)
             }
             (_, Some(p)) => {
-                if p.buf.len() + payload.len() > self.max {
+                if p.buf.len() + payload.len() > wire_max {
                     self.partial = None;
                     return Err(Violation(1009, "message too big"));
                 }
                 p.buf.extend_from_slice(&payload);
-                if p.text {
+                if p.text && !p.compressed {
                     check_utf8(p, frame.fin)?;
                 }
                 if !frame.fin {
@@ -128,13 +152,29 @@ impl Assembler {
                 let Some(p) = self.partial.take() else {
                     return Ok(None);
                 };
-                let b = p.buf.freeze();
-                Ok(Some(if p.text {
-                    RawMessage::Text(b)
-                } else {
-                    RawMessage::Binary(b)
-                }))
+                self.finish(p).map(Some)
             }
+        }
+    }
+
+    /// The whole message: inflated if compressed, UTF-8 checked if text.
+    fn finish(&mut self, p: Partial) -> Result<RawMessage, Violation> {
+        let (b, checked) = match (&mut self.inflate, p.compressed) {
+            (Some((inflater, _)), true) => {
+                let out = inflater
+                    .inflate(&p.buf, self.max)
+                    .map_err(|e| Violation(e.close().0, e.close().1))?;
+                (Bytes::from(out), 0)
+            }
+            _ => (p.buf.freeze(), p.checked),
+        };
+        if p.text {
+            if std::str::from_utf8(&b[checked..]).is_err() {
+                return Err(INVALID_UTF8);
+            }
+            Ok(RawMessage::Text(b))
+        } else {
+            Ok(RawMessage::Binary(b))
         }
     }
 }
@@ -161,6 +201,7 @@ mod tests {
     fn frame(fin: bool, opcode: OpCode, data: &[u8]) -> InFrame {
         InFrame {
             fin,
+            rsv1: false,
             opcode,
             payload: BytesMut::from(data),
         }
@@ -171,6 +212,103 @@ mod tests {
             Err(v) => v.0,
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    fn compressed(fin: bool, opcode: OpCode, data: &[u8]) -> InFrame {
+        InFrame {
+            fin,
+            rsv1: opcode != OpCode::Continuation,
+            opcode,
+            payload: BytesMut::from(data),
+        }
+    }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        crate::deflate::deflate_message(6, 15, data)
+    }
+
+    fn inflating(max: usize) -> Assembler {
+        Assembler::new(max).with_inflater(Inflater::new(15, true))
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_in_fragments() {
+        let text = "hello hello hello hello, compressed €".repeat(20);
+        let c = deflate(text.as_bytes());
+        assert!(c.len() < text.len() / 4);
+        let mut a = inflating(1000);
+        let msg = a.push(compressed(true, OpCode::Text, &c)).unwrap().unwrap();
+        assert_eq!(msg.as_text(), Some(&text[..]));
+        // Fragmented: RSV1 on the first frame only.
+        let (x, y) = c.split_at(c.len() / 2);
+        assert!(a
+            .push(compressed(false, OpCode::Text, x))
+            .unwrap()
+            .is_none());
+        let msg = a
+            .push(compressed(true, OpCode::Continuation, y))
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.as_text(), Some(&text[..]));
+        // Uncompressed messages still pass on the same connection.
+        let msg = a
+            .push(frame(true, OpCode::Binary, b"plain"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg, RawMessage::Binary(Bytes::from_static(b"plain")));
+    }
+
+    #[test]
+    fn the_limit_applies_to_the_inflated_message() {
+        let big = vec![b'a'; 2000];
+        let c = deflate(&big);
+        assert!(c.len() < 100);
+        assert_eq!(
+            fail_code(inflating(1999).push(compressed(true, OpCode::Binary, &c))),
+            1009
+        );
+        assert!(inflating(2000)
+            .push(compressed(true, OpCode::Binary, &c))
+            .unwrap()
+            .is_some());
+        // The compressed bytes are bounded too, with a little slack for
+        // incompressible data.
+        let limit = compressed_limit(100);
+        assert!(limit > 100);
+        let junk = vec![0u8; limit + 1];
+        assert_eq!(
+            fail_code(inflating(100).push(compressed(true, OpCode::Binary, &junk))),
+            1009
+        );
+    }
+
+    #[test]
+    fn bad_compressed_data_and_bad_inflated_utf8() {
+        assert_eq!(
+            fail_code(inflating(100).push(compressed(true, OpCode::Text, &[0xff, 0xff]))),
+            1007
+        );
+        let c = deflate(b"\xc3\x28 not utf-8");
+        assert_eq!(
+            fail_code(inflating(100).push(compressed(true, OpCode::Text, &c))),
+            1007
+        );
+        // Valid UTF-8 only once inflated is fine; and a binary message is
+        // not checked.
+        let c = deflate("€".as_bytes());
+        let mut a = inflating(100);
+        assert_eq!(
+            a.push(compressed(true, OpCode::Text, &c))
+                .unwrap()
+                .unwrap()
+                .as_text(),
+            Some("€")
+        );
+        let c = deflate(b"\xff");
+        assert!(a
+            .push(compressed(true, OpCode::Binary, &c))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
