@@ -56,7 +56,10 @@ pub struct CompressionConfig {
     /// Deflate level, 0 (store) to 9 (smallest) (`WS_COMPRESSION_LEVEL`).
     pub level: u32,
     /// Messages shorter than this many bytes are sent uncompressed
-    /// (`WS_COMPRESSION_THRESHOLD`).
+    /// (`WS_COMPRESSION_THRESHOLD`). So are longer ones that deflate does
+    /// not shrink, except with a threshold of 0, which compresses every
+    /// message (for peers that mishandle uncompressed messages on a
+    /// compressed connection, which RFC 7692 allows).
     pub threshold: usize,
     /// Largest LZ77 window the server compresses with, as bits (8–15). A
     /// client may ask for less. Deflaters are shared per thread, so this
@@ -338,13 +341,14 @@ impl Deflate {
     }
 
     /// The compressed payload of a message to send, or `None` when it goes
-    /// uncompressed: shorter than the threshold, or no smaller compressed.
+    /// uncompressed: shorter than the threshold, or no smaller compressed
+    /// (unless the threshold is 0: then every message is compressed).
     pub(crate) fn compress(&self, payload: &[u8]) -> Option<Vec<u8>> {
         if payload.len() < self.threshold {
             return None;
         }
         let c = deflate_message(self.level, self.server_window_bits, payload);
-        (c.len() < payload.len()).then_some(c)
+        (self.threshold == 0 || c.len() < payload.len()).then_some(c)
     }
 }
 
@@ -894,6 +898,13 @@ mod tests {
             })
             .collect();
         assert!(d15.compress(&noise).is_none());
+        // A threshold of 0 compresses everything.
+        let always = Deflate {
+            threshold: 0,
+            ..d15
+        };
+        assert!(always.compress(&noise).is_some());
+        assert!(always.compress(b"").is_some());
     }
 
     #[test]

@@ -184,6 +184,8 @@ pub struct RawClient {
 
 pub struct RawFrame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -197,10 +199,16 @@ impl RawFrame {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        Self::connect_with(addr, path, "").await.0
+    }
+
+    /// Connects with extra request header lines (each ending in `\r\n`);
+    /// returns the client and the response head.
+    pub async fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> (RawClient, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -220,14 +228,19 @@ impl RawClient {
                     "bad accept key: {head}"
                 );
                 buf.drain(..pos + 4);
-                break;
+                return (RawClient { stream, buf }, head);
             }
         }
-        RawClient { stream, buf }
     }
 
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        self.send_first((if fin { 0x80 } else { 0 }) | opcode, payload)
+            .await
+    }
+
+    /// Sends a frame whose first byte (FIN, RSV bits, opcode) is `first`.
+    pub async fn send_first(&mut self, first: u8, payload: &[u8]) {
+        let mut out = vec![first];
         let len = payload.len();
         if len < 126 {
             out.push(0x80 | len as u8);
@@ -266,6 +279,7 @@ impl RawClient {
             return None;
         }
         let fin = self.buf[0] & 0x80 != 0;
+        let rsv1 = self.buf[0] & 0x40 != 0;
         let opcode = self.buf[0] & 0x0f;
         let mut len = (self.buf[1] & 0x7f) as usize;
         let mut head = 2;
@@ -285,6 +299,7 @@ impl RawClient {
         self.buf.drain(..head + len);
         Some(RawFrame {
             fin,
+            rsv1,
             opcode,
             payload,
         })
