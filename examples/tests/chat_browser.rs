@@ -31,6 +31,16 @@ fn chat_page_in_headless_chromium() {
     run_browser_test("chat_page_in_headless_chromium", &[]);
 }
 
+/// The same with permessage-deflate on: the page checks that its socket
+/// negotiated the extension, and every other check runs compressed.
+#[test]
+fn chat_page_with_compression_in_headless_chromium() {
+    run_browser_test(
+        "chat_page_with_compression_in_headless_chromium",
+        &[("WS_COMPRESSION", "true")],
+    );
+}
+
 /// Two chat instances on two ports sharing a Redis (rooms, presence and
 /// history across instances), alice on the first, bob on the second.
 #[cfg(feature = "redis")]

@@ -239,6 +239,17 @@ try {
   const bob = await context.newPage();
   pages = { alice, bob };
   for (const [name, page] of Object.entries(pages)) {
+    // Keep each page's WebSockets reachable, to read what they negotiated.
+    await page.addInitScript(() => {
+      const Native = window.WebSocket;
+      window.__sockets = [];
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          window.__sockets.push(this);
+        }
+      };
+    });
     page.on("pageerror", (e) => jsErrors.push(`${name}: ${e.message}`));
     page.on("console", (m) => {
       // A refused WebSocket connection while the server restarts is logged
@@ -257,6 +268,25 @@ try {
       assert((await page.getByTestId("room-input").inputValue()) === "lobby", "room defaults to lobby");
     }
   });
+
+  // With WS_COMPRESSION=true the browser's offer is accepted; without it,
+  // no extension is negotiated.
+  const compression = /^(true|1|yes|on)$/i.test(process.env.WS_COMPRESSION || "");
+  await check(
+    compression ? "the socket negotiated permessage-deflate" : "the socket negotiated no extension",
+    async () => {
+      for (const page of [alice, bob]) {
+        const ext = await page.evaluate(
+          () => window.__sockets.filter((s) => s.readyState === 1).map((s) => s.extensions)[0],
+        );
+        if (compression) {
+          assert(/^permessage-deflate\b/.test(ext || ""), `extensions: ${JSON.stringify(ext)}`);
+        } else {
+          assert(ext === "", `extensions: ${JSON.stringify(ext)}`);
+        }
+      }
+    },
+  );
 
   await check("an invalid nick shows the server's error", async () => {
     await alice.getByTestId("nick-input").fill("bad<nick>");
