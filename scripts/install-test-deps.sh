@@ -15,6 +15,13 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
 fi
 
+# Python websockets: the permessage-deflate interop test
+# (nbio-ws/tests/compression.rs).
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+  echo "pip install websockets"
+  python3 -m pip install --quiet websockets
+fi
+
 if ! command -v kosoku >/dev/null 2>&1; then
   echo "pip install kosoku"
   python3 -m pip install --quiet kosoku

@@ -47,7 +47,32 @@ const MAX_WINDOW_BITS: u8 = 15;
 ///
 /// Off by default. `WS_COMPRESSION=true` turns it on;
 /// `WS_COMPRESSION_LEVEL` and `WS_COMPRESSION_THRESHOLD` set the level and
-/// the threshold.
+/// the threshold; the [`ServerBuilder`](crate::ServerBuilder) has a setter
+/// for each field.
+///
+/// The server never keeps compression context between the messages it
+/// sends (it answers every offer with `server_no_context_takeover`), so a
+/// broadcast or room message is compressed once and its compressed bytes
+/// are shared by every recipient that negotiated the same window. A
+/// connection holds no deflate state; it holds inflate state only while
+/// its client keeps context between messages, created on the first
+/// compressed message and bounded by [`client_max_window_bits`](Self::client_max_window_bits).
+///
+/// ```
+/// let cfg = nbio_ws::Config::from_lookup(|k| match k {
+///     "WS_COMPRESSION" => Some("true".into()),
+///     "WS_COMPRESSION_LEVEL" => Some("1".into()),
+///     _ => None,
+/// })
+/// .unwrap();
+/// assert!(cfg.compression.enabled);
+/// assert_eq!(cfg.compression.level, 1);
+/// assert_eq!(cfg.compression.threshold, 256);
+///
+/// let err = nbio_ws::Config::from_lookup(|k| (k == "WS_COMPRESSION").then(|| "maybe".into()))
+///     .unwrap_err();
+/// assert_eq!(err.var, "WS_COMPRESSION");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CompressionConfig {

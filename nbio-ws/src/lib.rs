@@ -44,7 +44,7 @@
 //!
 //! | where | what |
 //! |---|---|
-//! | crate root | [`Server`], [`ServerBuilder`], [`Config`], [`Hub`], [`Client`], [`RoomSender`], the extractors ([`Params`], [`State`]), [`RpcError`], [`WsEndpoint`] for embedding |
+//! | crate root | [`Server`], [`ServerBuilder`], [`Config`], [`CompressionConfig`], [`Hub`], [`Client`], [`RoomSender`], the extractors ([`Params`], [`State`]), [`RpcError`], [`WsEndpoint`] for embedding |
 //! | [`auth`] | authentication before the upgrade ([`Authenticator`](auth::Authenticator), bearer tokens, JWT), the origin allow-list |
 //! | [`limits`] | rate limiting, connection caps, trusted proxies, handshake limits |
 //! | [`broker`] | scale-out: the [`Broker`](broker::Broker) trait; `local`, `redis` and `nats` backends |
@@ -57,6 +57,16 @@
 //! shared by every recipient's queue; with a broker configured, the
 //! same bytes also go, through one ordered queue per hub, to the other
 //! instances of the server.
+//!
+//! ## Compression
+//!
+//! With permessage-deflate on (`WS_COMPRESSION=true`,
+//! [`ServerBuilder::compression`]; see [`CompressionConfig`]) a broadcast
+//! is also *compressed* once: the compressed bytes are shared by every
+//! recipient that negotiated compression, the uncompressed bytes by the
+//! others. Replies are compressed per message; short ones (under the
+//! threshold) go as they are. The size limit applies to the inflated
+//! message, checked while inflating.
 //!
 //! ## JSON-RPC semantics
 //!
