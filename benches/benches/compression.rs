@@ -266,7 +266,10 @@ impl Conn {
     async fn message(&mut self) -> (Frame, Vec<u8>) {
         let f = self.frame().await;
         let text = if f.rsv1 {
-            let (_, d) = self.deflate.as_mut().expect("compressed only if negotiated");
+            let (_, d) = self
+                .deflate
+                .as_mut()
+                .expect("compressed only if negotiated");
             d.reset(false);
             let mut input = f.payload.clone();
             input.extend_from_slice(&TAIL);
@@ -392,8 +395,7 @@ async fn fanout(compression: bool, method: &str, clients: usize, broadcasts: usi
     }
     let mut sender = Conn::connect(server.addr, compression).await;
     for mut c in conns {
-        let (received, bytes_in, progress) =
-            (received.clone(), bytes_in.clone(), progress.clone());
+        let (received, bytes_in, progress) = (received.clone(), bytes_in.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..broadcasts + 1 {
                 let (f, _text) = c.message().await;
@@ -409,8 +411,7 @@ async fn fanout(compression: bool, method: &str, clients: usize, broadcasts: usi
         let (received, progress) = (received.clone(), progress.clone());
         async move {
             while received.load(Ordering::Relaxed) < n {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
             }
         }
     };
