@@ -52,6 +52,8 @@
 //! [`ServerBuilder::history`](crate::ServerBuilder::history).
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,6 +64,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use memory::{MemoryHistory, DEFAULT_MAX_BYTES};
+#[cfg(feature = "redis")]
+pub use redis::{RedisHistory, DEFAULT_META_TTL, TIMEOUT as REDIS_TIMEOUT};
 
 use crate::env::{parse_duration, ConfigError, Env};
 use crate::types::BoxFuture;
