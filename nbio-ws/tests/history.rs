@@ -4,9 +4,13 @@
 //! false`, and publications of several instances to one room form one
 //! gap-free sequence. Memory backend here (one instance, and in-process
 //! instances sharing one store and one broker); the Redis and JetStream
-//! backends have their own tests.
+//! backends have their own tests (Redis: `history/redis_backend.rs`, run
+//! with this file under the `redis` feature).
 
 mod common;
+#[cfg(feature = "redis")]
+#[path = "history/redis_backend.rs"]
+mod redis_backend;
 
 use std::time::Duration;
 
@@ -30,9 +34,13 @@ struct PubParams {
 }
 
 fn builder() -> ServerBuilder {
-    Server::builder()
+    methods(Server::builder().history("room*", 100, Duration::from_secs(600)))
+}
+
+/// `join` (with recovery) and `pub`, and nothing else.
+fn methods(builder: ServerBuilder) -> ServerBuilder {
+    builder
         .registered_methods(false)
-        .history("room*", 100, Duration::from_secs(600))
         .method(
             "join",
             |c: Client, Params(p): Params<JoinParams>| async move {
@@ -148,26 +156,11 @@ async fn a_reconnecting_client_recovers_exactly_what_it_missed() {
 
 #[tokio::test]
 async fn trimmed_or_foreign_positions_are_not_recovered() {
-    let server = TestServer::start(
+    let server = TestServer::start(methods(
         Server::builder()
-            .registered_methods(false)
             .history("room*", 10, Duration::from_secs(600))
-            .history_max_recover(5)
-            .method(
-                "join",
-                |c: Client, Params(p): Params<JoinParams>| async move {
-                    c.join_recover(&p.room, Value::Null, p.since)
-                        .await
-                        .map_err(RpcError::from)
-                },
-            )
-            .method("pub", |hub: Hub, Params(p): Params<PubParams>| async move {
-                hub.to(&p.room)
-                    .publish("msg", &json!({ "text": p.text }))
-                    .await
-                    .map_err(RpcError::from)
-            }),
-    )
+            .history_max_recover(5),
+    ))
     .await;
     let url = server.url("/ws");
     let mut p = WsClient::connect(&url).await;

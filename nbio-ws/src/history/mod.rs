@@ -50,6 +50,17 @@
 //!
 //! Per-room rules go on the builder:
 //! [`ServerBuilder::history`](crate::ServerBuilder::history).
+//!
+//! ## Backends
+//!
+//! | store | chosen by | shared by | when it is unreachable |
+//! |---|---|---|---|
+//! | [`MemoryHistory`] | the default | one instance | never; lost when the process exits (new epochs) |
+//! | `RedisHistory` (feature `redis`) | `WS_PUBSUB_ADAPTER=redis` | every instance on that Redis and channel | `publish` fails with [`HistoryError::Unavailable`] (`-32003`), delivered to nobody; `notify` goes on |
+//!
+//! [`ServerBuilder::history_store`](crate::ServerBuilder::history_store)
+//! sets another one. Each store's documentation gives its guarantees and
+//! costs.
 
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
@@ -65,7 +76,7 @@ use serde_json::value::RawValue;
 
 pub use memory::{MemoryHistory, DEFAULT_MAX_BYTES};
 #[cfg(feature = "redis")]
-pub use redis::{RedisHistory, DEFAULT_META_TTL, TIMEOUT as REDIS_TIMEOUT};
+pub use redis::{RedisHistory, REDIS_META_TTL, REDIS_TIMEOUT};
 
 use crate::env::{parse_duration, ConfigError, Env};
 use crate::types::BoxFuture;

@@ -1,75 +1,6 @@
 //! [`RedisHistory`]: history kept in Redis, shared by every instance
 //! (cargo feature `redis`; chosen by `WS_PUBSUB_ADAPTER=redis`).
-//!
-//! ## Layout
-//!
-//! Two keys per room, under the pub/sub channel (`WS_PUBSUB_CHANNEL`):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `{channel}.history.{room}.meta` | hash | `epoch` (a random string), `top` (the latest offset) |
-//! | `{channel}.history.{room}.log` | list | one element per kept publication: `offset:unix-ms:` then the stored data |
-//!
-//! The room name is written between braces, with every byte other than
-//! ASCII letters, digits, `-`, `_`, `.` and `:` as `%XX` (so any room
-//! name makes one key of its own, and the braces make both keys of a room
-//! a Redis Cluster hash tag: they live in one slot, as a script needs).
-//! For room `lobby` and the default channel:
-//! `websocket.broadcast.history.{lobby}.meta`.
-//!
-//! ## Guarantees
-//!
-//! - **Offsets are assigned by Redis**, in one Lua script per publication
-//!   (`EVALSHA`, loaded again by itself after a Redis restart): the script
-//!   increments `top` and appends the entry atomically, so two instances
-//!   never give one offset twice and a room's offsets have no holes.
-//! - **Epochs change when the history is lost.** A script that finds no
-//!   meta hash (the room is new, the key expired, was evicted or deleted,
-//!   Redis restarted without persistence) starts a new epoch — a random
-//!   string made by the instance that got there first — and drops any
-//!   entries left from the old one. A client holding a position of the
-//!   old epoch gets `recovered: false`.
-//! - **Bounded by size and age.** Each append trims the list to the
-//!   room's history size (`LTRIM`) and drops entries older than its TTL
-//!   from the front; reads skip entries older than the TTL too (by Redis's
-//!   clock, `TIME`). The log key expires one TTL after the room's last
-//!   publication, so idle rooms take no memory. The meta hash expires
-//!   [`DEFAULT_META_TTL`] (at least one TTL; see
-//!   [`RedisHistory::meta_ttl`]) after the room's last publication or
-//!   read: a room quiet for less than that keeps its epoch, so its
-//!   connected members are not told to recover for nothing.
-//! - **Reads are atomic**: one script returns the epoch, the latest offset
-//!   and the entries asked for, as of one moment.
-//!
-//! ## Costs
-//!
-//! - **Publish**: one round trip (`EVALSHA`, O(1) plus the entries it
-//!   trims), then the broker's `PUBLISH` as for any room message.
-//! - **Recovery or position read**: one round trip (`EVALSHA`: `LRANGE`
-//!   of the entries asked for).
-//! - **Memory in Redis** per kept publication: the stored data
-//!   (`{"method":…,"params":…}`) plus its `offset:ms:` prefix (about 20
-//!   bytes) plus the list's own overhead (a few bytes per element in a
-//!   listpack): about 150 bytes for a 100-byte publication, measured
-//!   with `MEMORY USAGE` on Redis 7.0. Per room, a meta hash of about 100
-//!   bytes.
-//! - One multiplexed connection per instance for history, besides the
-//!   broker's two.
-//!
-//! ## When Redis is unreachable
-//!
-//! A publication that cannot be stored fails with
-//! [`HistoryError::Unavailable`] (`-32003` through
-//! `From<HistoryError> for RpcError`) and is delivered to nobody; ephemeral
-//! [`notify`](crate::RoomSender::notify) keeps reaching this instance's
-//! members. Recovery and position reads fail the same way. Connecting and
-//! each script are bounded by [`TIMEOUT`]; after a failed connection
-//! attempt, calls fail at once until the next attempt is due (50 ms,
-//! doubling up to 2 s), so handlers do not queue behind a dead Redis.
-//! A script that timed out may still have run: that publication is in
-//! the history without having been delivered live, and the members get
-//! it from there (the next publication shows the gap, which is filled
-//! from the history) or when they recover.
+//! The layout, guarantees and costs are documented on the type.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,11 +15,11 @@ use crate::types::BoxFuture;
 
 /// How long connecting, and each script, may take before the call fails
 /// with [`HistoryError::Unavailable`].
-pub const TIMEOUT: Duration = Duration::from_secs(2);
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a room's meta hash (its epoch and latest offset) outlives the
 /// room's last publication or read, unless the room's TTL is longer.
-pub const DEFAULT_META_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const REDIS_META_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The first delay before reconnecting after a failed attempt.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -165,8 +96,82 @@ return {epoch, top, out}
 ";
 
 /// History kept in Redis, shared by every instance that uses the same
-/// Redis and channel: see the [module documentation](self) for the
-/// layout, guarantees, costs and behavior when Redis is down.
+/// Redis and channel.
+///
+/// ## Layout
+///
+/// Two keys per room, under the pub/sub channel (`WS_PUBSUB_CHANNEL`):
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `{channel}.history.{room}.meta` | hash | `epoch` (a random string), `top` (the latest offset) |
+/// | `{channel}.history.{room}.log` | list | one element per kept publication: `offset:unix-ms:` then the stored data |
+///
+/// The room name is written between braces, with every byte other than
+/// ASCII letters, digits, `-`, `_`, `.` and `:` as `%XX` (so any room
+/// name makes one key of its own, and the braces make both keys of a room
+/// a Redis Cluster hash tag: they live in one slot, as a script needs).
+/// For room `lobby` and the default channel:
+/// `websocket.broadcast.history.{lobby}.meta`.
+///
+/// ## Guarantees
+///
+/// - **Offsets are assigned by Redis**, in one Lua script per publication
+///   (`EVALSHA`, loaded again by itself after a Redis restart): the script
+///   increments `top` and appends the entry atomically, so two instances
+///   never give one offset twice and a room's offsets have no holes.
+/// - **Epochs change when the history is lost.** A script that finds no
+///   meta hash (the room is new, the key expired, was evicted or deleted,
+///   Redis restarted without persistence) starts a new epoch — a random
+///   string made by the instance that got there first — and drops any
+///   entries left from the old one. A client holding a position of the
+///   old epoch gets `recovered: false`.
+/// - **Bounded by size and age.** Each append trims the list to the
+///   room's history size (`LTRIM`) and drops entries older than its TTL
+///   from the front; reads skip entries older than the TTL too (by Redis's
+///   clock, `TIME`). The log key expires one TTL after the room's last
+///   publication, so idle rooms take no memory. The meta hash expires
+///   [`REDIS_META_TTL`] (at least one TTL; see
+///   [`RedisHistory::meta_ttl`]) after the room's last publication or
+///   read: a room quiet for less than that keeps its epoch, so its
+///   connected members are not told to recover for nothing.
+/// - **Reads are atomic**: one script returns the epoch, the latest offset
+///   and the entries asked for, as of one moment.
+/// - Needs Redis 5 or later (tested with 7.0). With persistence off, a
+///   Redis restart loses every room's history (new epochs); with it on,
+///   the history survives as far as the last save.
+///
+/// ## Costs
+///
+/// - **Publish**: one round trip (`EVALSHA`, O(1) plus the entries it
+///   trims), then the broker's `PUBLISH` as for any room message.
+/// - **Recovery or position read**: one round trip (`EVALSHA`: `LRANGE`
+///   of the entries asked for).
+/// - **Memory in Redis** per kept publication: the stored data
+///   (`{"method":…,"params":…}`) plus its `offset:ms:` prefix (about 20
+///   bytes) plus the list's own overhead (a few bytes per element in a
+///   listpack): `MEMORY USAGE` of a log of 1,000 publications of 100
+///   bytes is 123,568 bytes on Redis 7.0 (about 124 bytes each). Per
+///   room, a meta hash of about 80 bytes.
+/// - One multiplexed connection per instance for history, besides the
+///   broker's two.
+///
+/// ## When Redis is unreachable
+///
+/// A publication that cannot be stored fails with
+/// [`HistoryError::Unavailable`] (`-32003` through
+/// `From<HistoryError> for RpcError`) and is delivered to nobody; ephemeral
+/// [`notify`](crate::RoomSender::notify) keeps reaching this instance's
+/// members. Recovery and position reads fail the same way. Connecting and
+/// each script are bounded by [`REDIS_TIMEOUT`]; after a failed connection
+/// attempt, calls fail at once until the next attempt is due (50 ms,
+/// doubling up to 2 s), so handlers do not queue behind a dead Redis.
+/// A script that timed out may still have run: that publication is in
+/// the history without having been delivered live, and the members get
+/// it from there (the next publication shows the gap, which is filled
+/// from the history) or when they recover.
+///
+/// ## Use
 ///
 /// Made by the server itself with `WS_PUBSUB_ADAPTER=redis`
 /// ([`PubSubConfig::redis`](crate::broker::PubSubConfig::redis)), from
@@ -230,7 +235,7 @@ impl RedisHistory {
         Ok(RedisHistory {
             client,
             prefix: format!("{channel}.history."),
-            meta_ttl: DEFAULT_META_TTL,
+            meta_ttl: REDIS_META_TTL,
             append: Script::new(&format!("{PROLOGUE}{APPEND}")),
             read: Script::new(&format!("{PROLOGUE}{READ}")),
             link: tokio::sync::Mutex::new(Link {
@@ -243,7 +248,7 @@ impl RedisHistory {
     }
 
     /// How long a room's epoch survives without publications or reads
-    /// ([`DEFAULT_META_TTL`]; never less than the room's TTL). A room idle
+    /// ([`REDIS_META_TTL`]; never less than the room's TTL). A room idle
     /// for longer starts a new epoch.
     pub fn meta_ttl(mut self, ttl: Duration) -> Self {
         self.meta_ttl = ttl.max(Duration::from_secs(1));
@@ -288,10 +293,10 @@ impl RedisHistory {
             ));
         }
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
         let made = tokio::time::timeout(
-            TIMEOUT,
+            REDIS_TIMEOUT,
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
         )
@@ -314,7 +319,7 @@ impl RedisHistory {
         Err(HistoryError::Unavailable(error))
     }
 
-    /// Runs one script, bounded by [`TIMEOUT`]; a connection that failed
+    /// Runs one script, bounded by [`REDIS_TIMEOUT`]; a connection that failed
     /// is dropped (the next call makes a new one).
     async fn run<T: ::redis::FromRedisValue>(
         &self,
@@ -328,7 +333,7 @@ impl RedisHistory {
         for a in args {
             call.arg(*a);
         }
-        let result = tokio::time::timeout(TIMEOUT, call.invoke_async::<T>(&mut conn)).await;
+        let result = tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<T>(&mut conn)).await;
         let error = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {
@@ -468,7 +473,10 @@ mod tests {
         let s = RedisHistory::new("redis://127.0.0.1:1/0", "ws").unwrap();
         assert_eq!(s.meta_key("lobby"), "ws.history.{lobby}.meta");
         assert_eq!(s.log_key("chat.a:b-c_d"), "ws.history.{chat.a:b-c_d}.log");
-        assert_eq!(s.meta_key("a b}{%é"), "ws.history.{a%20b%7D%7B%25%C3%A9}.meta");
+        assert_eq!(
+            s.meta_key("a b}{%é"),
+            "ws.history.{a%20b%7D%7B%25%C3%A9}.meta"
+        );
         assert_ne!(s.meta_key("a%20b"), s.meta_key("a b"));
         assert!(RedisHistory::new("http://x", "ws").is_err());
     }
