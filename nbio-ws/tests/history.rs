@@ -233,10 +233,17 @@ async fn publications_racing_with_a_rejoin_arrive_once_in_order() {
     a.close().await;
 
     // A publisher keeps going while the client rejoins.
-    let hub = server.hub.clone();
+    rejoin_while_publishing(server.hub.clone(), &url, "room4", &start.position, 90).await;
+}
+
+/// `hub` publishes `n` to `room` while a client rejoins at `url` with
+/// `since`: it gets each offset after `since` once, in order, recovered
+/// or live.
+async fn rejoin_while_publishing(hub: Hub, url: &str, room: &str, since: &Position, n: usize) {
+    let target = room.to_owned();
     let publishing = tokio::spawn(async move {
-        for i in 0..90 {
-            hub.to("room4")
+        for i in 0..n {
+            hub.to(&target)
                 .publish("msg", &json!({ "i": i }))
                 .await
                 .unwrap();
@@ -246,17 +253,18 @@ async fn publications_racing_with_a_rejoin_arrive_once_in_order() {
         }
     });
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let mut a = WsClient::connect(&url).await;
-    let (rec, early) = join(&mut a, "room4", Some(&start.position)).await;
+    let mut a = WsClient::connect(url).await;
+    let (rec, early) = join(&mut a, room, Some(since)).await;
     assert!(rec.recovered, "{rec:?}");
     publishing.await.unwrap();
     let mut seen: Vec<u64> = rec.publications.iter().map(|p| p.position.offset).collect();
-    let live_expected = 90 - seen.len() - early.len();
+    let live_expected = n - seen.len() - early.len();
     let mut rest = early;
     rest.extend(live(&mut a, live_expected).await);
     seen.extend(offsets(&rest));
-    assert_eq!(seen, (1..=90).collect::<Vec<_>>());
-    a.expect_silence(Duration::from_millis(200)).await;
+    let first = since.offset + 1;
+    assert_eq!(seen, (first..first + n as u64).collect::<Vec<_>>());
+    a.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
@@ -276,20 +284,28 @@ async fn instances_publishing_concurrently_give_one_gap_free_sequence() {
             .await,
         );
     }
+    // Each instance publishes 100, all at once.
+    publish_from_every_instance(&servers, "room5", 100).await;
+}
+
+/// With a reader on each of `servers` (joined first), every instance
+/// publishes `per` to `room` at once: each reader sees one gap-free
+/// sequence from offset 1, once.
+async fn publish_from_every_instance(servers: &[TestServer], room: &str, per: usize) {
     let mut readers = Vec::new();
-    for s in &servers {
+    for s in servers {
         let mut c = WsClient::connect(&s.url("/ws")).await;
-        let (rec, _) = join(&mut c, "room5", None).await;
+        let (rec, _) = join(&mut c, room, None).await;
         assert_eq!(rec.position.offset, 0);
         readers.push(c);
     }
-    // Each instance publishes 100, all at once.
     let mut tasks = Vec::new();
-    for s in &servers {
+    for s in servers {
         let hub = s.hub.clone();
+        let room = room.to_owned();
         tasks.push(tokio::spawn(async move {
-            for i in 0..100 {
-                hub.to("room5")
+            for i in 0..per {
+                hub.to(&room)
                     .publish("msg", &json!({ "i": i }))
                     .await
                     .unwrap();
@@ -299,10 +315,11 @@ async fn instances_publishing_concurrently_give_one_gap_free_sequence() {
     for t in tasks {
         t.await.unwrap();
     }
+    let total = (servers.len() * per) as u64;
     for c in &mut readers {
-        let got = live(c, 300).await;
-        assert_eq!(offsets(&got), (1..=300).collect::<Vec<_>>());
-        c.expect_silence(Duration::from_millis(200)).await;
+        let got = live(c, total as usize).await;
+        assert_eq!(offsets(&got), (1..=total).collect::<Vec<_>>());
+        c.expect_silence(Duration::from_millis(300)).await;
     }
 }
 

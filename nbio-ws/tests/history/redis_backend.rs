@@ -14,7 +14,9 @@ use nbio_ws::{Hub, Params, RpcError, Server, ServerBuilder};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{join, live, methods, offsets, publish};
+use super::{
+    join, live, methods, offsets, publish, publish_from_every_instance, rejoin_while_publishing,
+};
 use crate::common::broker::{Backend, Kind};
 use crate::common::{TestServer, WsClient};
 
@@ -306,63 +308,15 @@ async fn redis_publications_racing_with_a_rejoin_on_another_instance_arrive_once
     c.close().await;
 
     // A keeps publishing while the client rejoins on B.
-    let hub = servers[0].hub.clone();
-    let publishing = tokio::spawn(async move {
-        for i in 0..120 {
-            hub.to("room2")
-                .publish("msg", &json!({ "i": i }))
-                .await
-                .unwrap();
-            if i % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let mut c = WsClient::connect(&servers[1].url("/ws")).await;
-    let (rec, early) = join(&mut c, "room2", Some(&start.position)).await;
-    assert!(rec.recovered, "{rec:?}");
-    publishing.await.unwrap();
-    let mut seen: Vec<u64> = rec.publications.iter().map(|p| p.position.offset).collect();
-    let live_expected = 120 - seen.len() - early.len();
-    let mut rest = early;
-    rest.extend(live(&mut c, live_expected).await);
-    seen.extend(offsets(&rest));
-    assert_eq!(seen, (1..=120).collect::<Vec<_>>());
-    c.expect_silence(Duration::from_millis(300)).await;
+    let url = servers[1].url("/ws");
+    rejoin_while_publishing(servers[0].hub.clone(), &url, "room2", &start.position, 120).await;
 }
 
 #[tokio::test]
 async fn redis_five_instances_publishing_concurrently_give_one_gap_free_sequence() {
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.five", 5).await;
-    let mut readers = Vec::new();
-    for s in &servers {
-        let mut c = WsClient::connect(&s.url("/ws")).await;
-        let (rec, _) = join(&mut c, "room3", None).await;
-        assert_eq!(rec.position.offset, 0);
-        readers.push(c);
-    }
-    let mut tasks = Vec::new();
-    for s in &servers {
-        let hub = s.hub.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..60 {
-                hub.to("room3")
-                    .publish("msg", &json!({ "i": i }))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    for c in &mut readers {
-        let got = live(c, 300).await;
-        assert_eq!(offsets(&got), (1..=300).collect::<Vec<_>>());
-        c.expect_silence(Duration::from_millis(300)).await;
-    }
+    publish_from_every_instance(&servers, "room3", 60).await;
 }
 
 #[tokio::test]
