@@ -2,7 +2,8 @@
 //! `redis-server` started on a free port (without persistence, so that a
 //! restart loses everything): the store on its own (offsets, trims, TTL,
 //! a deleted key, concurrent appends), then instances sharing one Redis
-//! for both the broker and the history: recovery on another instance,
+//! for both the broker and the history: recovery on another instance, a
+//! publication lost on the way filled from the history,
 //! races with a rejoin, five publishers, trimmed and expired history, an
 //! evicted key, Redis killed and restarted.
 
@@ -466,4 +467,39 @@ async fn redis_down_fails_publications_and_a_restart_changes_the_epoch() {
     assert_eq!(rec.position, new);
     publish(&mut p, "room5", "live again").await;
     assert_eq!(offsets(&live(&mut m, 1).await), [2]);
+}
+
+#[tokio::test]
+async fn redis_a_publication_lost_on_the_way_is_filled_from_the_history() {
+    let redis = Backend::start(Kind::Redis).await;
+    let servers = start(&redis, "t.gap", 2).await;
+    let mut reader = WsClient::connect(&servers[0].url("/ws")).await;
+    join(&mut reader, "room6", None).await;
+    // Stored by an instance whose PUBLISH never went out (it crashed
+    // between the two, or pub/sub dropped the message).
+    let store = RedisHistory::new(&redis.url(), "t.gap").unwrap();
+    let policy = HistoryPolicy::new(100, Duration::from_secs(600));
+    let stored = store
+        .append(
+            "room6",
+            policy,
+            Bytes::from(r#"{"method":"msg","params":{"text":"lost"}}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.offset, 1);
+    // The next publication shows the gap; the reader's instance fills it
+    // from Redis before delivering what follows.
+    servers[1]
+        .hub
+        .to("room6")
+        .publish("msg", &json!({"text": "next"}))
+        .await
+        .unwrap();
+    let got = live(&mut reader, 2).await;
+    assert_eq!(offsets(&got), [1, 2]);
+    assert_eq!(got[0]["params"]["text"], "lost");
+    assert_eq!(got[1]["params"]["text"], "next");
+    assert_eq!(got[0]["position"]["epoch"], stored.epoch.as_ref());
+    reader.expect_silence(Duration::from_millis(300)).await;
 }
