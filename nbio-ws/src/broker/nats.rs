@@ -66,7 +66,7 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
         }
         Ok(())
     },
-    history: None,
+    history: Some(crate::history::jetstream::create),
     create: |url| Ok(Arc::new(NatsBroker::new(url)?)),
 };
 

@@ -62,6 +62,8 @@
 //! sets another one. Each store's documentation gives its guarantees and
 //! costs.
 
+#[cfg(feature = "nats")]
+pub(crate) mod jetstream;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -74,6 +76,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+#[cfg(feature = "nats")]
+pub use jetstream::JetStreamHistory;
 pub use memory::{MemoryHistory, DEFAULT_MAX_BYTES};
 #[cfg(feature = "redis")]
 pub use redis::{RedisHistory, REDIS_META_TTL, REDIS_TIMEOUT};
