@@ -175,13 +175,13 @@ impl JetStreamHistory {
         let mut servers = Vec::new();
         for one in url.split(',').map(str::trim) {
             crate::broker::check_url("WS_NATS_URL", one, &["nats", "tls"])?;
-            let addr = one
-                .parse::<async_nats::ServerAddr>()
-                .map_err(|e| crate::env::ConfigError {
-                    var: "WS_NATS_URL",
-                    value: crate::broker::redact_url(one),
-                    reason: e.to_string(),
-                })?;
+            let addr =
+                one.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| crate::env::ConfigError {
+                        var: "WS_NATS_URL",
+                        value: crate::broker::redact_url(one),
+                        reason: e.to_string(),
+                    })?;
             servers.push(addr);
         }
         let shown = url
@@ -306,7 +306,12 @@ impl JetStreamHistory {
     /// The sequence of the last message on `subject` (0: none).
     async fn last_sequence(s: &StreamState, subject: &str) -> Result<u64, HistoryError> {
         use stream::LastRawMessageErrorKind as K;
-        match timeout(OP_TIMEOUT, s.stream.get_last_raw_message_by_subject(subject)).await {
+        match timeout(
+            OP_TIMEOUT,
+            s.stream.get_last_raw_message_by_subject(subject),
+        )
+        .await
+        {
             Err(_) => Err(unavailable("last message", "timed out")),
             Ok(Ok(m)) => Ok(m.sequence),
             Ok(Err(e)) if e.kind() == K::NoMessageFound => Ok(0),
@@ -502,6 +507,9 @@ mod tests {
         assert_eq!(stream_name("a.b c*>"), "NBIO_A_B_C___HISTORY");
         assert_eq!(epoch_of(0), "0");
         assert_eq!(epoch_of(35), "z");
-        assert_ne!(epoch_of(1_700_000_000_000_000_001), epoch_of(1_700_000_000_000_000_002));
+        assert_ne!(
+            epoch_of(1_700_000_000_000_000_001),
+            epoch_of(1_700_000_000_000_000_002)
+        );
     }
 }
