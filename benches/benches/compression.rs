@@ -577,6 +577,7 @@ fn main() {
             "idle".into(),
             json!([
                 idle(false, false, clients).await,
+                idle(false, true, clients).await,
                 idle(true, false, clients).await,
                 idle(true, true, clients).await
             ]),
