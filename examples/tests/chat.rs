@@ -246,10 +246,12 @@ async fn join_reply_has_members_and_history() {
     let mut bob = server.client().await;
 
     let r = alice.join("lobby", "alice").await;
-    assert_eq!(
-        r,
-        json!({"room": "lobby", "members": ["alice"], "history": []})
-    );
+    assert_eq!(r["room"], "lobby");
+    assert_eq!(r["members"], json!(["alice"]));
+    assert_eq!(r["history"], json!([]));
+    assert_eq!(r["recovered"], false);
+    assert_eq!(r["position"]["offset"], 0);
+    let epoch = r["position"]["epoch"].clone();
 
     let ts1 = alice.say("lobby", "first").await;
     let ts2 = alice.say("lobby", "  second, trimmed  ").await;
@@ -271,10 +273,15 @@ async fn join_reply_has_members_and_history() {
     assert_eq!(
         r["history"],
         json!([
-            {"room": "lobby", "nick": "alice", "text": "first", "ts": ts1},
-            {"room": "lobby", "nick": "alice", "text": "second, trimmed", "ts": ts2},
+            {"method": "chat.message",
+             "params": {"room": "lobby", "nick": "alice", "text": "first", "ts": ts1},
+             "position": {"room": "lobby", "epoch": epoch, "offset": 1}},
+            {"method": "chat.message",
+             "params": {"room": "lobby", "nick": "alice", "text": "second, trimmed", "ts": ts2},
+             "position": {"room": "lobby", "epoch": epoch, "offset": 2}},
         ])
     );
+    assert_eq!(r["position"], json!({"epoch": epoch, "offset": 2}));
     assert_eq!(
         alice.notification().await,
         (
@@ -539,6 +546,56 @@ async fn params_by_position_work_too() {
     assert_eq!(r["members"], json!(["ada"]));
 }
 
+/// A page that reconnects rejoins with the last position it saw and gets
+/// exactly the messages it missed, in order, with `recovered: true`.
+#[tokio::test]
+async fn a_rejoin_with_since_recovers_what_was_missed() {
+    let server = ChatServer::start().await;
+    let mut alice = server.client().await;
+    let mut bob = server.client().await;
+    alice.join("lobby", "alice").await;
+    bob.join("lobby", "bob").await;
+    for i in 1..=3 {
+        bob.say("lobby", &format!("before {i}")).await;
+    }
+    let mut last = Value::Null;
+    while last["offset"] != 3 {
+        let v = match alice.inbox.pop_front() {
+            Some(v) => v,
+            None => alice.recv().await,
+        };
+        if v["method"] == "chat.message" {
+            last = v["position"].clone();
+        }
+    }
+    drop(alice);
+    for i in 1..=20 {
+        bob.say("lobby", &format!("missed {i}")).await;
+    }
+    let mut alice = server.client().await;
+    let since = json!({"epoch": last["epoch"], "offset": last["offset"]});
+    let r = alice
+        .ok(
+            "chat.join",
+            json!({"room": "lobby", "nick": "alice", "since": since}),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let want: Vec<String> = (1..=20).map(|i| format!("missed {i}")).collect();
+    assert_eq!(texts(&r["history"]), want);
+    assert_eq!(r["position"]["offset"], 23);
+    // A position the history does not know: the latest messages instead.
+    let stale = json!({"epoch": "another", "offset": 1});
+    let r = alice
+        .ok(
+            "chat.join",
+            json!({"room": "lobby", "nick": "alice", "since": stale}),
+        )
+        .await;
+    assert_eq!(r["recovered"], false);
+    assert_eq!(texts(&r["history"]).len(), 23);
+}
+
 /// The `text` of each message of a `history`, in order.
 fn texts(history: &Value) -> Vec<String> {
     history
@@ -546,7 +603,7 @@ fn texts(history: &Value) -> Vec<String> {
         .unwrap_or_else(|| panic!("history is an array: {history}"))
         .iter()
         .map(|m| {
-            m["text"]
+            m["params"]["text"]
                 .as_str()
                 .unwrap_or_else(|| panic!("a message has a text: {m}"))
                 .to_owned()
@@ -555,19 +612,19 @@ fn texts(history: &Value) -> Vec<String> {
 }
 
 /// Without a broker (and so also in a build with the `redis` feature) the
-/// history is in memory: the last 50, oldest first, per instance, gone
+/// history is in memory: the last 100, oldest first, per instance, gone
 /// with the instance.
 #[tokio::test]
 async fn memory_history_is_per_instance() {
     let a = ServerPair::memory().await;
     let mut alice = a.0.client().await;
     alice.join("lobby", "alice").await;
-    for i in 1..=55 {
+    for i in 1..=105 {
         alice.say("lobby", &format!("message {i}")).await;
     }
     let mut bob = a.0.client().await;
     let h = texts(&bob.join("lobby", "bob").await["history"]);
-    let want: Vec<String> = (6..=55).map(|i| format!("message {i}")).collect();
+    let want: Vec<String> = (6..=105).map(|i| format!("message {i}")).collect();
     assert_eq!(h, want);
 
     // Another instance has its own (empty) history.
@@ -594,7 +651,6 @@ impl ServerPair {
 #[cfg(feature = "redis")]
 mod redis_history {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A `redis-server` of the test's own on a free loopback port, with no
     /// persistence; killed on drop.
@@ -680,34 +736,9 @@ mod redis_history {
             panic!("redis-server did not answer on port {port} in time");
         }
 
-        /// Kills it (SIGKILL: nothing is saved, clients see the connection
-        /// drop) and keeps its port.
-        fn down(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            self.hold = Some(
-                reserve(self.port)
-                    .unwrap_or_else(|e| panic!("cannot keep port {}: {e}", self.port)),
-            );
-        }
-
-        /// The variables that make a chat server keep its history here.
-        fn env(&self) -> Vec<(&'static str, String)> {
-            vec![
-                ("WS_PUBSUB_ENABLED", "true".to_owned()),
-                ("WS_PUBSUB_ADAPTER", "redis".to_owned()),
-                ("WS_REDIS_URL", format!("redis://127.0.0.1:{}/0", self.port)),
-            ]
-        }
-
-        async fn chat(&self) -> ChatServer {
-            ChatServer::start_with(&self.env()).await
-        }
-
         /// One command; the raw RESP reply (small replies only).
         async fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
             let mut req = format!("*{}\r\n", args.len());
             for a in args {
@@ -721,8 +752,13 @@ mod redis_history {
             Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
         }
 
-        async fn cmd(&self, args: &[&str]) -> String {
-            self.try_cmd(args).await.expect("redis answers")
+        /// The variables that make a chat server keep its history here.
+        fn env(&self) -> Vec<(&'static str, String)> {
+            vec![
+                ("WS_PUBSUB_ENABLED", "true".to_owned()),
+                ("WS_PUBSUB_ADAPTER", "redis".to_owned()),
+                ("WS_REDIS_URL", format!("redis://127.0.0.1:{}/0", self.port)),
+            ]
         }
     }
 
@@ -730,161 +766,6 @@ mod redis_history {
     async fn chat_across_three_instances_with_redis() {
         let redis = Redis::start().await;
         super::across_instances::chat_across_three_instances(redis.env()).await;
-    }
-
-    #[tokio::test]
-    async fn history_is_shared_by_the_instances() {
-        let redis = Redis::start().await;
-        let a = redis.chat().await;
-        let b = redis.chat().await;
-        let mut alice = a.client().await;
-        assert_eq!(alice.join("lobby", "alice").await["history"], json!([]));
-        let ts1 = alice.say("lobby", "hello from A").await;
-        let ts2 = alice.say("lobby", "again from A").await;
-
-        // A joiner on the other instance gets what was said on the first.
-        let mut bob = b.client().await;
-        let r = bob.join("lobby", "bob").await;
-        assert_eq!(
-            r["history"],
-            json!([
-                {"room": "lobby", "nick": "alice", "text": "hello from A", "ts": ts1},
-                {"room": "lobby", "nick": "alice", "text": "again from A", "ts": ts2},
-            ])
-        );
-        // And the other way round; other rooms have their own history.
-        bob.say("lobby", "hello from B").await;
-        let mut carol = a.client().await;
-        let h = texts(&carol.join("lobby", "carol").await["history"]);
-        assert_eq!(h, ["hello from A", "again from A", "hello from B"]);
-        assert_eq!(carol.join("other", "carol").await["history"], json!([]));
-
-        // One list per room, under the pub/sub channel's name.
-        let key = "websocket.broadcast:history:lobby";
-        assert_eq!(redis.cmd(&["LLEN", key]).await, ":3\r\n");
-        // Entries that are not chat messages are skipped.
-        redis.cmd(&["RPUSH", key, "not json"]).await;
-        redis.cmd(&["RPUSH", key, r#"{"room":"lobby"}"#]).await;
-        alice.say("lobby", "after the junk").await;
-        let mut dave = b.client().await;
-        let h = texts(&dave.join("lobby", "dave").await["history"]);
-        assert_eq!(
-            h,
-            [
-                "hello from A",
-                "again from A",
-                "hello from B",
-                "after the junk"
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn history_keeps_the_last_50_oldest_first() {
-        let redis = Redis::start().await;
-        let a = redis.chat().await;
-        let b = redis.chat().await;
-        let mut alice = a.client().await;
-        alice.join("lobby", "alice").await;
-        for i in 1..=55 {
-            alice.say("lobby", &format!("message {i}")).await;
-        }
-        let mut bob = b.client().await;
-        let h = texts(&bob.join("lobby", "bob").await["history"]);
-        let want: Vec<String> = (6..=55).map(|i| format!("message {i}")).collect();
-        assert_eq!(h, want);
-        assert_eq!(
-            redis
-                .cmd(&["LLEN", "websocket.broadcast:history:lobby"])
-                .await,
-            ":50\r\n"
-        );
-    }
-
-    #[tokio::test]
-    async fn history_survives_restarting_the_instances() {
-        let redis = Redis::start().await;
-        let a = redis.chat().await;
-        let b = redis.chat().await;
-        let mut alice = a.client().await;
-        alice.join("lobby", "alice").await;
-        alice.say("lobby", "one").await;
-        alice.say("lobby", "two").await;
-        drop(alice);
-        drop((a, b));
-
-        let a = redis.chat().await;
-        let b = redis.chat().await;
-        for server in [&a, &b] {
-            let mut c = server.client().await;
-            let h = texts(&c.join("lobby", "zoe").await["history"]);
-            assert_eq!(h, ["one", "two"]);
-        }
-    }
-
-    #[tokio::test]
-    async fn redis_down_loses_history_not_messages() {
-        let mut redis = Redis::start().await;
-        let a = redis.chat().await;
-        let mut alice = a.client().await;
-        alice.join("lobby", "alice").await;
-        alice.say("lobby", "before").await;
-        assert_eq!(alice.notification().await.1["text"], "before");
-
-        redis.down();
-        // Sending still works, and delivers.
-        for text in ["while down", "still down"] {
-            let ts = alice.say("lobby", text).await;
-            assert_eq!(
-                alice.notification().await,
-                (
-                    "chat.message".to_owned(),
-                    json!({"room": "lobby", "nick": "alice", "text": text, "ts": ts})
-                )
-            );
-        }
-        // Joining still works, with no history rather than an error.
-        let mut bob = a.client().await;
-        let r = bob.join("lobby", "bob").await;
-        assert_eq!(r["members"], json!(["alice", "bob"]));
-        assert_eq!(r["history"], json!([]));
-
-        // Once Redis is back (empty: it kept nothing), history resumes by
-        // itself.
-        redis.up().await;
-        wait_for_history(&mut alice, &mut bob).await;
-    }
-
-    #[tokio::test]
-    async fn starts_and_serves_while_redis_is_down() {
-        let mut redis = Redis::stopped();
-        let a = redis.chat().await;
-        let mut alice = a.client().await;
-        assert_eq!(alice.join("lobby", "alice").await["history"], json!([]));
-        let ts = alice.say("lobby", "nobody keeps this").await;
-        assert_eq!(alice.notification().await.1["ts"], ts);
-        let mut bob = a.client().await;
-        assert_eq!(bob.join("lobby", "bob").await["history"], json!([]));
-
-        redis.up().await;
-        wait_for_history(&mut alice, &mut bob).await;
-    }
-
-    /// Polls (bounded) until a message `alice` sends shows in the history
-    /// `bob` gets on joining `lobby` again, then checks that only messages
-    /// sent since are there.
-    async fn wait_for_history(alice: &mut Chat, bob: &mut Chat) {
-        for i in 0..200 {
-            alice.say("lobby", &format!("back {i}")).await;
-            let h = texts(&bob.join("lobby", "bob").await["history"]);
-            if !h.is_empty() {
-                assert!(h.iter().all(|t| t.starts_with("back ")), "{h:?}");
-                assert!(h.contains(&format!("back {i}")), "{h:?}");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("history did not come back with Redis");
     }
 }
 

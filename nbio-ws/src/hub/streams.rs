@@ -150,12 +150,8 @@ impl Streams {
             }
             Some((epoch, last)) => {
                 if epoch != p.epoch {
-                    // The room's history was lost and started again:
-                    // positions members hold mean nothing now.
-                    st.state = Some((Arc::clone(&p.epoch), p.offset));
-                    st.pending.clear();
                     drop(st);
-                    reset_members(hub, room, "history epoch changed: reconnect and recover");
+                    spawn_epoch_check(hub, room, p);
                     return;
                 }
                 if p.offset <= last {
@@ -297,6 +293,45 @@ fn spawn_init(hub: &Arc<HubInner>, room: &str) {
         let Some(hub) = weak.upgrade() else { return };
         if let Err(e) = init(&hub, &room).await {
             tracing::warn!(%room, error = %e, "cannot start a room's stream");
+        }
+    });
+}
+
+/// A publication of another epoch: either the room's history was lost and
+/// started again (the store now has that epoch: positions members hold
+/// mean nothing, so they reconnect and recover), or it comes from an
+/// instance with a store of its own (instances that do not share their
+/// history, e.g. memory history behind a real broker: it is delivered as
+/// it is, without ordering guarantees, and counted).
+fn spawn_epoch_check(hub: &Arc<HubInner>, room: &str, p: Incoming) {
+    let weak = Arc::downgrade(hub);
+    let room: Arc<str> = Arc::from(room);
+    tokio::spawn(async move {
+        let Some(hub) = weak.upgrade() else { return };
+        let streams = &hub.rooms.streams;
+        let (Some(store), Some(policy)) = (streams.store(), streams.policy(&room)) else {
+            return;
+        };
+        let current = store.read(&room, policy, None, 0).await.ok();
+        let Some(s) = streams.rooms.get(&*room).map(|s| Arc::clone(s.value())) else {
+            return;
+        };
+        if current.is_some_and(|r| r.epoch == p.epoch) {
+            {
+                let mut st = lock(&s);
+                st.state = Some((Arc::clone(&p.epoch), p.offset));
+                st.pending.clear();
+            }
+            reset_members(&hub, &room, "history epoch changed: reconnect and recover");
+        } else {
+            hub.metrics.incr("history_foreign_epoch");
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(%room, "a publication from an instance with another history store: \
+                    instances that share a broker should share their history (Redis or JetStream)");
+            });
+            hub.metrics.broadcast();
+            hub.rooms.send(&room, p.except, &p.frame);
         }
     });
 }

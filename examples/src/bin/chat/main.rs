@@ -5,21 +5,35 @@
 //! cargo run -p nbio-ws-examples --bin chat      # then open http://127.0.0.1:8080/
 //! ```
 //!
-//! The history is kept in memory, or in Redis when built with
-//! `--features redis` and run with the redis pub/sub adapter
-//! (`WS_PUBSUB_ENABLED=true WS_PUBSUB_ADAPTER=redis WS_REDIS_URL=...`).
+//! Rooms keep history (the last 100 messages, for 10 minutes) in the
+//! framework's history backend that matches `WS_PUBSUB_ADAPTER`: memory
+//! without a broker, Redis with `redis`, JetStream with `nats`. A page
+//! that reconnects rejoins with the last position it saw and recovers what
+//! it missed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nbio_ws::{rpc_method, Client, Hub, Params, PresenceEvent, RpcError, Server, State};
-use serde::Deserialize;
+use nbio_ws::history::{Position, Recovery};
+use nbio_ws::{rpc_method, Client, Hub, Params, PresenceEvent, RpcError, Server};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-mod history;
-
-use history::{ChatMessage, History};
-
 const MAX_TEXT: usize = 2000;
+/// Messages each room keeps.
+const HISTORY: usize = 100;
+/// How long a message is kept.
+const HISTORY_TTL: Duration = Duration::from_secs(600);
+
+/// A chat message, as `chat.message` carries it (its position is the
+/// notification's `position`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChatMessage {
+    room: String,
+    nick: String,
+    text: String,
+    /// Milliseconds since the Unix epoch.
+    ts: u64,
+}
 
 /// The client's nickname, set by its first `chat.join`.
 #[derive(Clone)]
@@ -80,14 +94,19 @@ fn nicks(members: &[nbio_ws::Member]) -> Vec<String> {
 struct JoinParams {
     room: String,
     nick: String,
+    /// The last position this client saw in the room, to recover from.
+    #[serde(default)]
+    since: Option<Position>,
 }
 
-/// `chat.join {room, nick}` → `{room, members, history}`.
+/// `chat.join {room, nick, since?}` → `{room, members, history, position,
+/// recovered}`: `history` is what was missed after `since` (or the latest
+/// messages), as publications `{method, params, position}`; `recovered`
+/// is `true` only when it is exactly everything after `since`.
 #[rpc_method("chat.join")]
 async fn join(
     client: Client,
     hub: Hub,
-    State(history): State<History>,
     Params(p): Params<JoinParams>,
 ) -> Result<serde_json::Value, RpcError> {
     check_room(&p.room)?;
@@ -102,23 +121,27 @@ async fn join(
     client.insert_extension(Nick(p.nick.clone()));
     // Joining a room again is harmless: the same reply, and no second
     // `chat.joined` for the others.
-    if !client.in_room(&p.room) && client.join_with(&p.room, json!({ "nick": p.nick })) {
-        // This instance's members hear of it now, before anyone can join
-        // after it (other instances announce it from their presence
-        // events: see `announce_presence`).
+    let fresh = !client.in_room(&p.room);
+    // Joins (with the broker: once subscribed, so that every later message
+    // from any instance reaches this client) and reads what was missed.
+    let recovery: Recovery = client
+        .join_recover(&p.room, json!({ "nick": p.nick }), p.since)
+        .await?;
+    if fresh {
+        // This instance's members hear of it now (other instances
+        // announce it from their presence events: see `announce_presence`).
         let _ = hub
             .to(&p.room)
             .except(client.id())
             .local()
             .notify("chat.joined", &json!({ "room": p.room, "nick": p.nick }));
     }
-    // With a broker: once this returns, messages sent to the room from
-    // other instances reach this client.
-    hub.room_ready(&p.room).await;
     Ok(json!({
         "room": p.room,
         "members": nicks(&hub.members(&p.room).await),
-        "history": history.of(&p.room).await,
+        "history": recovery.publications,
+        "position": recovery.position,
+        "recovered": recovery.recovered,
     }))
 }
 
@@ -128,15 +151,14 @@ struct SendParams {
     text: String,
 }
 
-/// `chat.send {room, text}` → `{ts}`; everyone in the room, the sender
-/// included, gets `chat.message`. The message is delivered first and kept
-/// in history after (best effort: a history store that is down does not
-/// fail the send).
+/// `chat.send {room, text}` → `{ts, position}`; everyone in the room, the
+/// sender included, gets `chat.message` with its position. The message is
+/// stored in the room's history first: if the history backend is down the
+/// send fails (-32003) and nobody gets it.
 #[rpc_method("chat.send")]
 async fn send(
     client: Client,
     hub: Hub,
-    State(history): State<History>,
     Params(p): Params<SendParams>,
 ) -> Result<serde_json::Value, RpcError> {
     check_room(&p.room)?;
@@ -157,11 +179,8 @@ async fn send(
         text: text.to_owned(),
         ts: now_ms(),
     };
-    hub.to(&p.room)
-        .notify("chat.message", &msg)
-        .map_err(RpcError::internal)?;
-    history.push(&msg).await;
-    Ok(json!({ "ts": msg.ts }))
+    let position = hub.to(&p.room).publish("chat.message", &msg).await?;
+    Ok(json!({ "ts": msg.ts, "position": position }))
 }
 
 #[derive(Deserialize)]
@@ -232,16 +251,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     nbio_ws::init_logging(&config);
-    let history = match History::from_config(&config) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
     let server = Server::builder()
         .config(config)
-        .state(history)
+        .history("*", HISTORY, HISTORY_TTL)
         .page(
             "/",
             "text/html; charset=utf-8",
