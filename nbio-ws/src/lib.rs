@@ -147,7 +147,9 @@
 //! ## Close codes
 //!
 //! The connection enforces the protocol and the limits with these close
-//! codes:
+//! codes ([`close`] says which of them mean "reconnect and recover" and
+//! which "do not come back", and defines the 4000–4999 codes nbio-ws
+//! uses):
 //!
 //! | condition | answer |
 //! |---|---|
@@ -166,6 +168,7 @@
 extern crate self as nbio_ws;
 
 // Leaves: depend on nothing else in the crate.
+pub mod close;
 mod env;
 mod jsonrpc;
 pub mod metrics;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// The directory whose submodules may form a cycle among themselves.
 const REGISTRY: &str = "hub";
 /// Modules that may depend on nothing in the crate.
-const LEAVES: &[&str] = &["env", "types", "metrics", "jsonrpc"];
+const LEAVES: &[&str] = &["env", "types", "metrics", "jsonrpc", "close"];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

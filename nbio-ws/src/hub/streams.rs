@@ -38,7 +38,7 @@ pub const GAP_GRACE: Duration = Duration::from_millis(150);
 pub const MAX_PENDING: usize = 1024;
 /// The close code sent to the members of a room whose stream has a gap
 /// that cannot be filled, or whose epoch changed: reconnect and recover.
-pub const CLOSE_STREAM_GAP: u16 = 4000;
+pub const CLOSE_STREAM_GAP: u16 = crate::close::STREAM_GAP;
 
 /// A publication on its way to the local members.
 #[derive(Debug, Clone)]
