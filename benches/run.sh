@@ -10,7 +10,10 @@
 #   OUT               where the JSON reports go (default benches/results)
 #   SCENARIOS         any of "idle reply fanout" (default all three)
 #   REPS              reply/fanout repetitions per server, interleaved (default 3)
-#   SERVERS           any of "bare nbio" (default both)
+#   SERVERS           any of "bare nbio before" (default "bare nbio"); "before"
+#                     runs BEFORE_BIN, an example server built from another
+#                     commit, exactly as "nbio" is run (for before/after figures)
+#   BEFORE_BIN        the server binary "before" runs
 #
 # Needs curl and jq. Every run is bounded (<= 20 s of load); only 127.0.0.1 is used; every
 # server started here is stopped here (trap on exit).
@@ -25,6 +28,7 @@ SERVERS="${SERVERS:-bare nbio}"
 BIN="$CARGO_TARGET_DIR/release"
 PORT_BARE=9100
 PORT_NBIO=9200
+PORT_BEFORE=9300
 mkdir -p "$OUT"
 
 cd "$ROOT"
@@ -55,8 +59,13 @@ start_server() {
         (ulimit -n "$(ulimit -Hn)"; exec "$BIN/bare" --host 127.0.0.1 --port "$port" --path /ws) \
             >"$OUT/$kind.server.log" 2>&1 &
     else
+        local bin=$BIN/server
         port=$PORT_NBIO
-        (ulimit -n "$(ulimit -Hn)"; WS_HOST=127.0.0.1 WS_PORT=$port WS_LOG_LEVEL=warn exec "$BIN/server") \
+        if [[ $kind == before ]]; then
+            bin=${BEFORE_BIN:?SERVERS has before: set BEFORE_BIN to a server binary}
+            port=$PORT_BEFORE
+        fi
+        (ulimit -n "$(ulimit -Hn)"; WS_HOST=127.0.0.1 WS_PORT=$port WS_LOG_LEVEL=warn exec "$bin") \
             >"$OUT/$kind.server.log" 2>&1 &
     fi
     SERVER_PID=$!
