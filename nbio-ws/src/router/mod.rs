@@ -445,7 +445,9 @@ async fn run_job(
     let run = AssertUnwindSafe(async move { handler(ctx).await }).catch_unwind();
     let outcome = match limits.request_timeout {
         None => run.await,
-        Some(t) => match tokio::time::timeout(t, run).await {
+        // Boxed: a timer in this future would make every request's future
+        // (allocated per request) larger, timeouts or not.
+        Some(t) => match Box::pin(tokio::time::timeout(t, run)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 metrics.incr("request_timeouts");
