@@ -42,6 +42,14 @@ if [ ! -d "$js_client/node_modules/ws" ] || [ ! -d "$js_client/node_modules/type
   npm ci --prefix "$js_client" --no-audit --no-fund --silent
 fi
 
+# The OpenRPC checks (examples/tests/openrpc.rs): ajv and the official
+# OpenRPC meta-schema.
+openrpc_check="$(cd "$(dirname "$0")/.." && pwd)/examples/openrpc-check"
+if [ ! -d "$openrpc_check/node_modules/@open-rpc/meta-schema" ]; then
+  echo "npm ci --prefix examples/openrpc-check"
+  npm ci --prefix "$openrpc_check" --no-audit --no-fund --silent
+fi
+
 # scripts/fuzz.sh (cargo-fuzz builds with nightly features: RUSTC_BOOTSTRAP=1).
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo install cargo-fuzz"

@@ -8,6 +8,10 @@
 //! < {"jsonrpc":"2.0","result":{"echo":"hi","text_length":2},"id":1}
 //! ```
 //!
+//! With `--features openrpc` it describes itself: `rpc.discover` and
+//! `curl http://127.0.0.1:8080/openrpc.json` answer its OpenRPC document
+//! (both methods, their params and results, the `broadcast` notification).
+//!
 //! It also serves the JavaScript client at `/nbio-ws.js` and its example
 //! page at `/client-example.html` (`clients/js/`).
 //!
@@ -50,25 +54,62 @@ impl FromRequest for Text {
     }
 }
 
+/// The params of both methods (what `Text` reads).
+#[cfg(feature = "openrpc")]
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct TextParams {
+    /// The text: a non-empty string.
+    #[schemars(length(min = 1))]
+    text: String,
+}
+
+#[cfg(feature = "openrpc")]
+impl nbio_ws::openrpc::DescribeParams for Text {
+    type Params = TextParams;
+}
+
+/// The answer to `self.reply`.
 #[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct Reply {
+    /// The text, unchanged.
     echo: String,
+    /// Its length in bytes (UTF-8).
     text_length: usize,
 }
 
+/// The answer to `broadcast`.
 #[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct Broadcasted {
+    /// Always `"broadcasted"`.
+    #[cfg_attr(feature = "openrpc", schemars(extend("const" = "broadcasted")))]
     status: &'static str,
+    /// The length of the text in bytes (UTF-8).
     text_length: usize,
 }
 
+/// The params of the `broadcast` notification every client gets.
 #[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct BroadcastNotification<'a> {
+    /// The text broadcast.
     text: &'a str,
 }
 
 /// Echoes the text back to the caller only.
-#[rpc_method("self.reply")]
+///
+/// Nobody else sees it. The text must be a non-empty string.
+#[rpc_method(
+    "self.reply",
+    errors(-32602 = "text field is required and must be a non-empty string"),
+    example(
+        name = "echo",
+        params = r#"{"text": "hi"}"#,
+        result = r#"{"echo": "hi", "text_length": 2}"#
+    )
+)]
 fn self_reply(Text(text): Text) -> Reply {
     Reply {
         text_length: text.len(),
@@ -77,7 +118,19 @@ fn self_reply(Text(text): Text) -> Reply {
 }
 
 /// Sends the text to every connected client, the caller included.
-#[rpc_method("broadcast")]
+///
+/// Each client, on every instance sharing a broker, gets the `broadcast`
+/// notification with `{"text": ...}`; the caller gets it before this
+/// answer.
+#[rpc_method(
+    "broadcast",
+    errors(-32602 = "text field is required and must be a non-empty string"),
+    example(
+        name = "hello all",
+        params = r#"{"text": "hello all"}"#,
+        result = r#"{"status": "broadcasted", "text_length": 9}"#
+    )
+)]
 fn broadcast(hub: Hub, Text(text): Text) -> Result<Broadcasted, RpcError> {
     hub.broadcast("broadcast", &BroadcastNotification { text: &text })
         .map_err(RpcError::internal)?;
@@ -99,8 +152,18 @@ async fn main() -> std::process::ExitCode {
     nbio_ws::init_logging(&config);
     // The JavaScript client and its README's example page
     // (clients/js/example.html): open http://127.0.0.1:8080/client-example.html.
-    let server = Server::builder()
-        .config(config)
+    let builder = Server::builder().config(config);
+    #[cfg(feature = "openrpc")]
+    let builder = builder
+        .openrpc_info("nbio-ws example server", env!("CARGO_PKG_VERSION"))
+        .openrpc_description(
+            "The seed-compatible server: `self.reply` echoes to the caller, `broadcast` to everyone.",
+        )
+        .notification::<BroadcastNotification<'static>>(
+            "broadcast",
+            "A text sent with the `broadcast` method, by any client.",
+        );
+    let server = builder
         .page(
             "/nbio-ws.js",
             "text/javascript; charset=utf-8",

@@ -196,6 +196,7 @@ fn matches(pattern: &str, room: &str) -> bool {
 
 /// A position in a room's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 pub struct Position {
     /// Changes whenever the room's history is lost.
     pub epoch: String,
@@ -206,6 +207,7 @@ pub struct Position {
 
 /// A position with its room, as a publication carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 pub struct StreamPosition {
     /// The room.
     pub room: String,
@@ -217,6 +219,7 @@ pub struct StreamPosition {
 
 /// One stored publication, as a recovery returns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 pub struct Publication {
     /// The notification's method.
     pub method: String,

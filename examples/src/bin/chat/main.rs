@@ -10,10 +10,14 @@
 //! without a broker, Redis with `redis`, JetStream with `nats`. A page
 //! that reconnects rejoins with the last position it saw and recovers what
 //! it missed.
+//!
+//! With `--features openrpc`, `rpc.discover` and `GET /openrpc.json`
+//! answer its OpenRPC document: the four methods and the `chat.message`,
+//! `chat.joined` and `chat.left` notifications.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nbio_ws::history::{Position, Recovery};
+use nbio_ws::history::{Position, Publication, Recovery};
 use nbio_ws::{rpc_method, Client, Hub, Params, PresenceEvent, RpcError, Server};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -27,9 +31,13 @@ const HISTORY_TTL: Duration = Duration::from_secs(600);
 /// A chat message, as `chat.message` carries it (its position is the
 /// notification's `position`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct ChatMessage {
+    /// The room it was said in.
     room: String,
+    /// The sender's nickname.
     nick: String,
+    /// What was said (1-2000 characters).
     text: String,
     /// Milliseconds since the Unix epoch.
     ts: u64,
@@ -91,24 +99,59 @@ fn nicks(members: &[nbio_ws::Member]) -> Vec<String> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct JoinParams {
+    /// The room: 1-32 letters, digits, `-` or `_`.
     room: String,
+    /// Your nickname in every room: 1-24 letters, digits, spaces, `-`,
+    /// `_` or `.`.
     nick: String,
     /// The last position this client saw in the room, to recover from.
     #[serde(default)]
     since: Option<Position>,
 }
 
-/// `chat.join {room, nick, since?}` → `{room, members, history, position,
-/// recovered}`: `history` is what was missed after `since` (or the latest
-/// messages), as publications `{method, params, position}`; `recovered`
-/// is `true` only when it is exactly everything after `since`.
-#[rpc_method("chat.join")]
-async fn join(
-    client: Client,
-    hub: Hub,
-    Params(p): Params<JoinParams>,
-) -> Result<serde_json::Value, RpcError> {
+/// What `chat.join` answers.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
+struct Joined {
+    /// The room joined.
+    room: String,
+    /// The nicknames of its members, on every instance, sorted.
+    members: Vec<String>,
+    /// What was missed after `since` (or the latest messages), as
+    /// publications `{method, params, position}`, oldest first.
+    history: Vec<Publication>,
+    /// The room's position live messages continue from.
+    position: Position,
+    /// `true` only when `history` is exactly everything after `since`.
+    recovered: bool,
+}
+
+/// What `chat.joined` and `chat.left` carry.
+#[cfg(feature = "openrpc")]
+#[derive(Serialize, schemars::JsonSchema)]
+struct Presence {
+    /// The room.
+    room: String,
+    /// Who joined or left.
+    nick: String,
+}
+
+/// Joins a room under a nickname, recovering what was missed.
+///
+/// Answers the room's members and its history after `since` (or the
+/// latest messages). The others in the room get `chat.joined`; from then
+/// on you get the room's `chat.message`, `chat.joined` and `chat.left`.
+/// Joining a room you are in again answers the same and tells nobody. The
+/// nickname is the same in every room: to change it, leave them all first.
+#[rpc_method(
+    "chat.join",
+    errors(-32602 = "invalid room or nick, or a nick change while in other rooms"),
+    example(name = "join the lobby", params = r#"{"room": "lobby", "nick": "ada"}"#),
+    example(name = "join another room", params = r#"{"room": "random", "nick": "ada"}"#)
+)]
+async fn join(client: Client, hub: Hub, Params(p): Params<JoinParams>) -> Result<Joined, RpcError> {
     check_room(&p.room)?;
     check_nick(&p.nick)?;
     if let Some(Nick(current)) = client.extension::<Nick>() {
@@ -136,31 +179,49 @@ async fn join(
             .local()
             .notify("chat.joined", &json!({ "room": p.room, "nick": p.nick }));
     }
-    Ok(json!({
-        "room": p.room,
-        "members": nicks(&hub.members(&p.room).await),
-        "history": recovery.publications,
-        "position": recovery.position,
-        "recovered": recovery.recovered,
-    }))
+    Ok(Joined {
+        members: nicks(&hub.members(&p.room).await),
+        history: recovery.publications,
+        position: recovery.position,
+        recovered: recovery.recovered,
+        room: p.room,
+    })
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct SendParams {
+    /// A room you joined.
     room: String,
+    /// What to say: 1-2000 characters (trimmed).
     text: String,
 }
 
-/// `chat.send {room, text}` → `{ts, position}`; everyone in the room, the
-/// sender included, gets `chat.message` with its position. The message is
-/// stored in the room's history first: if the history backend is down the
-/// send fails (-32003) and nobody gets it.
-#[rpc_method("chat.send")]
-async fn send(
-    client: Client,
-    hub: Hub,
-    Params(p): Params<SendParams>,
-) -> Result<serde_json::Value, RpcError> {
+/// What `chat.send` answers.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
+struct Sent {
+    /// The message's time, in milliseconds since the Unix epoch.
+    ts: u64,
+    /// Its position in the room's history.
+    position: Option<Position>,
+}
+
+/// Says something in a room you joined.
+///
+/// Everyone in the room, you included, gets `chat.message` with its
+/// position. The message is stored in the room's history first: if the
+/// history backend is down the send fails (-32003) and nobody gets it.
+#[rpc_method(
+    "chat.send",
+    errors(
+        -32602 = "invalid room, or a text that is empty or too long",
+        -32010 = "not in that room",
+        -32003 = "the history backend is unavailable"
+    ),
+    example(name = "say hello", params = r#"{"room": "lobby", "text": "hello"}"#)
+)]
+async fn send(client: Client, hub: Hub, Params(p): Params<SendParams>) -> Result<Sent, RpcError> {
     check_room(&p.room)?;
     if !client.in_room(&p.room) {
         return Err(RpcError::new(-32010, "not in that room")
@@ -180,29 +241,73 @@ async fn send(
         ts: now_ms(),
     };
     let position = hub.to(&p.room).publish("chat.message", &msg).await?;
-    Ok(json!({ "ts": msg.ts, "position": position }))
+    Ok(Sent {
+        ts: msg.ts,
+        position,
+    })
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
 struct RoomParams {
+    /// The room: 1-32 letters, digits, `-` or `_`.
     room: String,
 }
 
-/// `chat.leave {room}` → `{room}`.
-#[rpc_method("chat.leave")]
-fn leave(client: Client, Params(p): Params<RoomParams>) -> Result<serde_json::Value, RpcError> {
+/// What `chat.leave` answers.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
+struct Left {
+    /// The room left.
+    room: String,
+}
+
+/// What `chat.members` answers.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openrpc", derive(schemars::JsonSchema))]
+struct Members {
+    /// The room.
+    room: String,
+    /// The nicknames of its members, on every instance, sorted.
+    members: Vec<String>,
+}
+
+/// Leaves a room.
+///
+/// The others in it get `chat.left` (as they do when you disconnect).
+#[rpc_method(
+    "chat.leave",
+    errors(-32602 = "invalid room", -32010 = "not in that room"),
+    example(
+        name = "leave a room",
+        params = r#"{"room": "random"}"#,
+        result = r#"{"room": "random"}"#
+    )
+)]
+fn leave(client: Client, Params(p): Params<RoomParams>) -> Result<Left, RpcError> {
     check_room(&p.room)?;
     if !client.leave(&p.room) {
         return Err(RpcError::new(-32010, "not in that room"));
     }
-    Ok(json!({ "room": p.room }))
+    Ok(Left { room: p.room })
 }
 
-/// `chat.members {room}` → `{room, members}`.
-#[rpc_method("chat.members")]
-async fn members(hub: Hub, Params(p): Params<RoomParams>) -> Result<serde_json::Value, RpcError> {
+/// Lists the members of a room, whether you are in it or not.
+#[rpc_method(
+    "chat.members",
+    errors(-32602 = "invalid room"),
+    example(
+        name = "who is in the lobby",
+        params = r#"{"room": "lobby"}"#,
+        result = r#"{"room": "lobby", "members": ["ada"]}"#
+    )
+)]
+async fn members(hub: Hub, Params(p): Params<RoomParams>) -> Result<Members, RpcError> {
     check_room(&p.room)?;
-    Ok(json!({ "room": p.room, "members": nicks(&hub.members(&p.room).await) }))
+    Ok(Members {
+        members: nicks(&hub.members(&p.room).await),
+        room: p.room,
+    })
 }
 
 /// Turns presence events into `chat.joined` and `chat.left` for the
@@ -251,9 +356,27 @@ async fn main() -> std::process::ExitCode {
         }
     };
     nbio_ws::init_logging(&config);
-    let server = Server::builder()
+    let builder = Server::builder()
         .config(config)
-        .history("*", HISTORY, HISTORY_TTL)
+        .history("*", HISTORY, HISTORY_TTL);
+    #[cfg(feature = "openrpc")]
+    let builder = builder
+        .openrpc_info("nbio-ws chat", env!("CARGO_PKG_VERSION"))
+        .openrpc_description(
+            "Rooms with nicknames, history and member lists. Join a room with `chat.join`, \
+             then say things with `chat.send`; what the others do arrives as notifications.",
+        )
+        .notification::<ChatMessage>(
+            "chat.message",
+            "A message said in a room you are in (yours included).\n\n\
+             The notification also has a `position` member: where it is in the room's history.",
+        )
+        .notification::<Presence>("chat.joined", "Someone joined a room you are in.")
+        .notification::<Presence>(
+            "chat.left",
+            "Someone left a room you are in, or disconnected.",
+        );
+    let server = builder
         .page(
             "/",
             "text/html; charset=utf-8",

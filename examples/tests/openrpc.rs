@@ -1,0 +1,321 @@
+//! The OpenRPC documents of the `server` and `chat` binaries (feature
+//! `openrpc`), checked by independent tools and by real requests:
+//!
+//! - each document, fetched with `GET /openrpc.json` and with `rpc.discover`
+//!   over a WebSocket (the two must be the same), is validated against the
+//!   official OpenRPC meta-schema (`@open-rpc/meta-schema`) with ajv, and
+//!   every schema in it is compiled as JSON Schema draft 7
+//!   (`examples/openrpc-check/validate.mjs`);
+//! - every example of every method, in the document's order, is sent as a
+//!   real request on one WebSocket connection: none may be answered with an
+//!   error (so no -32602), each result must be the example's result when it
+//!   gives one, and ajv validates the params sent, each result and each
+//!   notification received against the document's schemas (a notification
+//!   the document does not list fails the test).
+//!
+//! Needs node and the validator's packages (`npm ci` in
+//! `examples/openrpc-check`, done here when they are missing): the test
+//! fails naming them, unless `NBIO_WS_SKIP_NODE_TESTS=1` is set (then it
+//! prints a SKIP line).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Starts an example binary on a free port and waits for `/health`.
+async fn start(bin: &str) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(bin)
+        .env("WS_PORT", port.to_string())
+        .env("WS_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let proc = Proc(child);
+    for _ in 0..200 {
+        if let Some((200, _)) = get(port, "/health").await {
+            return (proc, port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{bin} on port {port} did not come up");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The checker's directory, its packages installed.
+fn checker() -> Option<PathBuf> {
+    if std::env::var("NBIO_WS_SKIP_NODE_TESTS").as_deref() == Ok("1") {
+        println!("SKIP openrpc documents: NBIO_WS_SKIP_NODE_TESTS=1");
+        return None;
+    }
+    Command::new("node").arg("--version").output().expect(
+        "node is not installed: the OpenRPC checks run ajv and @open-rpc/meta-schema on node \
+         (apt-get install nodejs npm, or scripts/install-test-deps.sh), \
+         or set NBIO_WS_SKIP_NODE_TESTS=1 to skip them",
+    );
+    let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "openrpc-check"]
+        .iter()
+        .collect();
+    let installed = [
+        "ajv",
+        "ajv-formats",
+        "@open-rpc/meta-schema",
+        "@json-schema-tools/meta-schema",
+    ]
+    .iter()
+    .all(|m| {
+        dir.join("node_modules")
+            .join(m)
+            .join("package.json")
+            .exists()
+    });
+    if !installed {
+        eprintln!(
+            "installing the checker's packages: npm ci in {}",
+            dir.display()
+        );
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is not installed (apt-get install npm), or set NBIO_WS_SKIP_NODE_TESTS=1");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
+    }
+    Some(dir)
+}
+
+/// Runs `node validate.mjs ARGS`; panics with its output unless it passes.
+fn validate(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("node")
+        .arg("validate.mjs")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "node validate.mjs {args:?} failed:\n{text}"
+    );
+    text
+}
+
+/// A schema for the whole `params` of a method or notification, from its
+/// content descriptors.
+fn params_schema(m: &Value) -> Value {
+    if let Some(whole) = m.get("x-params-schema") {
+        return whole.clone();
+    }
+    let params = m["params"].as_array().unwrap();
+    match m["paramStructure"].as_str() {
+        Some("by-position") => json!({
+            "type": "array",
+            "items": params.iter().map(|p| p["schema"].clone()).collect::<Vec<_>>(),
+            "minItems": params.iter().filter(|p| p["required"] == true).count(),
+            "maxItems": params.len(),
+        }),
+        _ => json!({
+            "type": "object",
+            "properties": params.iter().map(|p| (p["name"].as_str().unwrap().to_owned(), p["schema"].clone())).collect::<serde_json::Map<_, _>>(),
+            "required": params.iter().filter(|p| p["required"] == true).map(|p| p["name"].clone()).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// The `params` a client sends for an example pairing.
+fn wire_params(m: &Value, pairing: &Value) -> Option<Value> {
+    let values = pairing["params"].as_array().unwrap();
+    if m.get("x-params-schema").is_some() || values.iter().any(|v| v["name"] == "params") {
+        return values.first().map(|v| v["value"].clone());
+    }
+    match m["paramStructure"].as_str() {
+        Some("by-position") => Some(values.iter().map(|v| v["value"].clone()).collect()),
+        Some("by-name") => Some(Value::Object(
+            values
+                .iter()
+                .map(|v| (v["name"].as_str().unwrap().to_owned(), v["value"].clone()))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// Checks one example binary's document; returns its size in bytes.
+async fn check(bin: &str, name: &str, dir: &Path) -> usize {
+    let (_proc, port) = start(bin).await;
+    let (status, body) = get(port, "/openrpc.json").await.expect("GET /openrpc.json");
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("the document is JSON");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","method":"rpc.discover","id":0}"#,
+    ))
+    .await
+    .unwrap();
+    let discovered = next_json(&mut ws).await;
+    assert_eq!(
+        discovered["result"], doc,
+        "rpc.discover and GET /openrpc.json differ"
+    );
+    assert_eq!(
+        doc["servers"][0]["url"],
+        format!("ws://127.0.0.1:{port}/ws")
+    );
+
+    let tmp = std::env::temp_dir().join(format!("nbio-ws-openrpc-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let doc_path = tmp.join("openrpc.json");
+    std::fs::write(&doc_path, &body).unwrap();
+    let doc_file = doc_path.to_str().unwrap();
+    let out = validate(dir, &["document", doc_file]);
+    println!("{name}: {}", out.trim());
+
+    // Every example, as a real request.
+    let notifications: std::collections::HashMap<&str, &Value> = doc["x-notifications"]
+        .as_array()
+        .map(|l| l.iter().map(|n| (n["name"].as_str().unwrap(), n)).collect())
+        .unwrap_or_default();
+    let mut cases: Vec<Value> = Vec::new();
+    let mut id = 0u64;
+    let mut examples = 0;
+    for m in doc["methods"].as_array().unwrap() {
+        let method = m["name"].as_str().unwrap();
+        let pairings = m["examples"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(
+            !pairings.is_empty(),
+            "{name}: method {method} has no example"
+        );
+        for pairing in pairings {
+            examples += 1;
+            id += 1;
+            let label = format!("{name} {method} {:?}", pairing["name"]);
+            let mut request = json!({"jsonrpc": "2.0", "method": method, "id": id});
+            if let Some(p) = wire_params(m, pairing) {
+                cases.push(json!({"label": format!("{label} params"), "schema": params_schema(m), "value": p}));
+                request["params"] = p;
+            }
+            ws.send(Message::text(request.to_string())).await.unwrap();
+            let answer = loop {
+                let msg = next_json(&mut ws).await;
+                if msg.get("id").is_some() {
+                    break msg;
+                }
+                let n = msg["method"].as_str().expect("a notification");
+                let doc_n = notifications.get(n).unwrap_or_else(|| {
+                    panic!("{name}: notification {n} is not in x-notifications: {msg}")
+                });
+                cases.push(json!({
+                    "label": format!("{name} notification {n} (after {method})"),
+                    "schema": params_schema(doc_n),
+                    "value": msg["params"],
+                }));
+            };
+            assert_eq!(answer["id"], id, "{answer}");
+            assert!(
+                answer.get("error").is_none(),
+                "{label}: {request} answered {answer}"
+            );
+            let schema = &m["result"]["schema"];
+            cases.push(json!({"label": format!("{label} result"), "schema": schema, "value": answer["result"]}));
+            if let Some(expected) = pairing.get("result") {
+                assert_eq!(
+                    answer["result"], expected["value"],
+                    "{label}: the example's result"
+                );
+                cases.push(json!({"label": format!("{label} example result"), "schema": schema, "value": expected["value"]}));
+            }
+        }
+    }
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["label"].as_str().unwrap().contains(" notification ")),
+        "{name}: no notification was received and checked"
+    );
+    let cases_path = tmp.join("cases.json");
+    std::fs::write(&cases_path, Value::Array(cases).to_string()).unwrap();
+    let out = validate(dir, &["values", doc_file, cases_path.to_str().unwrap()]);
+    println!(
+        "{name}: {examples} example requests answered; {}",
+        out.lines().last().unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    body.len()
+}
+
+#[tokio::test]
+async fn example_documents_are_valid_openrpc_and_their_examples_work() {
+    let Some(dir) = checker() else { return };
+    let server = check(env!("CARGO_BIN_EXE_server"), "server", &dir).await;
+    let chat = check(env!("CARGO_BIN_EXE_chat"), "chat", &dir).await;
+    println!("document sizes: server {server} bytes, chat {chat} bytes");
+    // Built once and small: bounded by what the code declares.
+    assert!(server < 16 * 1024 && chat < 32 * 1024, "{server} {chat}");
+}
