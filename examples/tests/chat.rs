@@ -2,7 +2,6 @@
 //! the environment, talked to with tokio-tungstenite.
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,15 +9,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+mod common;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The chat binary on a free loopback port; killed on drop.
 struct ChatServer {

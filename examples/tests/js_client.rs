@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::npm_ci_unless_installed;
+
 fn node_major() -> Option<u32> {
     let out = Command::new("node").arg("--version").output().ok()?;
     let v = String::from_utf8_lossy(&out.stdout);
@@ -39,24 +43,7 @@ fn js_client_node_tests() {
     let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "clients", "js"]
         .iter()
         .collect();
-    let installed = |m: &str| {
-        dir.join("node_modules")
-            .join(m)
-            .join("package.json")
-            .exists()
-    };
-    if !installed("ws") || !installed("typescript") {
-        eprintln!(
-            "installing the client's devDependencies: npm ci in {}",
-            dir.display()
-        );
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is not installed (apt-get install npm), or set NBIO_WS_SKIP_NODE_TESTS=1");
-        assert!(status.success(), "npm ci in {} failed", dir.display());
-    }
+    npm_ci_unless_installed(&dir, &["ws", "typescript"], "the client's devDependencies");
 
     let mut child = Command::new("node")
         .args(["--test", "--test-timeout=120000", "test/"])

@@ -18,49 +18,17 @@
 //! fails naming them, unless `NBIO_WS_SKIP_NODE_TESTS=1` is set (then it
 //! prints a SKIP line).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
+use common::{free_port, http_get as get, npm_ci_unless_installed, Proc};
 
 /// Starts an example binary on a free port and waits for `/health`.
 async fn start(bin: &str) -> (Proc, u16) {
@@ -113,31 +81,16 @@ fn checker() -> Option<PathBuf> {
     let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "openrpc-check"]
         .iter()
         .collect();
-    let installed = [
-        "ajv",
-        "ajv-formats",
-        "@open-rpc/meta-schema",
-        "@json-schema-tools/meta-schema",
-    ]
-    .iter()
-    .all(|m| {
-        dir.join("node_modules")
-            .join(m)
-            .join("package.json")
-            .exists()
-    });
-    if !installed {
-        eprintln!(
-            "installing the checker's packages: npm ci in {}",
-            dir.display()
-        );
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is not installed (apt-get install npm), or set NBIO_WS_SKIP_NODE_TESTS=1");
-        assert!(status.success(), "npm ci in {} failed", dir.display());
-    }
+    npm_ci_unless_installed(
+        &dir,
+        &[
+            "ajv",
+            "ajv-formats",
+            "@open-rpc/meta-schema",
+            "@json-schema-tools/meta-schema",
+        ],
+        "the OpenRPC checker's packages",
+    );
     Some(dir)
 }
 

@@ -346,7 +346,8 @@ fn validate_name(name: &LitStr) -> syn::Result<()> {
 /// (`rpc.discover`, `GET /openrpc.json`; see `nbio_ws::openrpc`): its name,
 /// its doc comment (the first paragraph is the summary, the rest the
 /// description), the JSON Schema of its params (from the `Params<T>`
-/// argument) and of its result (the `Ok` type, or the returned type). Two
+/// argument, or an extractor implementing `nbio_ws::openrpc::DescribeParams`)
+/// and of its result (the `Ok` type, or the returned type). Two
 /// options add what the signature cannot say, and are accepted (and
 /// checked) with or without the feature:
 ///

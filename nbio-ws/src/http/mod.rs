@@ -184,7 +184,8 @@ impl WsEndpoint {
     /// [`ServerBuilder::page`](crate::ServerBuilder::page), `GET /health`,
     /// `GET /metrics` (unless an admin address is set: see
     /// [`ServerBuilder::admin_addr`](crate::ServerBuilder::admin_addr)),
-    /// 404 otherwise.
+    /// `GET /openrpc.json` (feature `openrpc`, served like a page), 404
+    /// otherwise.
     pub async fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         let page = self.pages.get(path);
