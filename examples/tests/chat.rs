@@ -882,7 +882,9 @@ mod nats_instances {
     async fn chat_across_three_instances_with_nats() {
         let port = free_port();
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            // JetStream keeps the rooms' history (WS_PUBSUB_ADAPTER=nats).
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(std::env::temp_dir().join(format!("nbio-ws-chat-js-{port}")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
