@@ -9,11 +9,19 @@
 //!   twice).
 //! * `rooms/members_1k`: `hub.members("lobby")`: the 1,000 members, with
 //!   their presence data, sorted.
+//! * `rooms/join_leave_2_threads`: two threads, each with its own client,
+//!   join and leave rooms of their own (64 each) with presence data, at
+//!   the same time. Time per join + leave of one thread.
+//! * `rooms/join_leave_2_threads_during_fanout`: the same while a third
+//!   thread sends to `lobby` (1,000 members) and drains their queues,
+//!   without pause.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-benches cargo bench -p nbio-ws-benches --bench rooms
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -23,16 +31,20 @@ const CLIENTS: usize = 10_000;
 const MEMBERS: usize = 1_000;
 const QUEUE: usize = 64;
 
-fn bench_rooms(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn bench_rooms(c: &mut Criterion) {
+    let rt = runtime();
     let _guard = rt.enter();
     let text = nbio_ws_benches::filler_text(64);
     let mut hub = nbio_ws::__bench::HubFixture::new(CLIENTS, QUEUE);
     for (i, client) in hub.clients.iter().take(MEMBERS).enumerate() {
-        client.join_with("lobby", json!({ "nick": format!("user{i}") }));
+        let _ = client.join_with("lobby", json!({ "nick": format!("user{i}") }));
     }
     let params = json!({ "room": "lobby", "nick": "user1", "text": text });
 
@@ -62,7 +74,8 @@ fn bench_rooms(c: &mut Criterion) {
     let newcomer = hub.clients[CLIENTS - 1].clone();
     group.bench_function("join_leave", |b| {
         b.iter(|| {
-            assert!(newcomer.join_with("lobby", json!({ "nick": "newcomer" })));
+            let joined = newcomer.join_with("lobby", json!({ "nick": "newcomer" }));
+            assert!(matches!(joined, Ok(true)));
             assert!(newcomer.leave("lobby"));
         })
     });
@@ -77,5 +90,69 @@ fn bench_rooms(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_rooms);
+/// `iters` joins and leaves on each of two threads at once; the wall time.
+fn two_threads(joiners: &[nbio_ws::Client; 2], rooms: &[Vec<String>; 2], iters: u64) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (client, rooms) in joiners.iter().zip(rooms) {
+            s.spawn(move || {
+                for i in 0..iters as usize {
+                    let room = &rooms[i % rooms.len()];
+                    let _ = client.join_with(room, json!({ "nick": "joiner" }));
+                    client.leave(room);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bench_concurrent(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let mut hub = nbio_ws::__bench::HubFixture::new(MEMBERS + 2, QUEUE);
+    for (i, client) in hub.clients.iter().take(MEMBERS).enumerate() {
+        let _ = client.join_with("lobby", json!({ "nick": format!("user{i}") }));
+    }
+    let joiners = [
+        hub.clients[MEMBERS].clone(),
+        hub.clients[MEMBERS + 1].clone(),
+    ];
+    let rooms = [0, 1].map(|t| (0..64).map(|i| format!("t{t}-{i}")).collect::<Vec<_>>());
+    let mut group = c.benchmark_group("rooms");
+    group.sample_size(30);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("join_leave_2_threads", |b| {
+        b.iter_custom(|iters| two_threads(&joiners, &rooms, iters))
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fanout = {
+        let stop = Arc::clone(&stop);
+        let params = json!({ "room": "lobby", "text": nbio_ws_benches::filler_text(64) });
+        std::thread::spawn(move || {
+            let mut sends = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let n = hub.hub.to("lobby").notify("chat.message", &params).unwrap();
+                assert_eq!(n, MEMBERS);
+                hub.drain();
+                sends += 1;
+            }
+            sends
+        })
+    };
+    let started = Instant::now();
+    group.bench_function("join_leave_2_threads_during_fanout", |b| {
+        b.iter_custom(|iters| two_threads(&joiners, &rooms, iters))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sends = fanout.join().expect("fan-out thread");
+    eprintln!(
+        "fan-out meanwhile: {sends} sends to {MEMBERS} members in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    group.finish();
+}
+
+criterion_group!(benches, bench_rooms, bench_concurrent);
 criterion_main!(benches);

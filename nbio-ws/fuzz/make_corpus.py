@@ -77,7 +77,7 @@ def client(instance, counter):
     return struct.pack(">QQ", instance, counter)
 
 def envelope(origin, first_seq, *entries):
-    return b"N" + bytes([3]) + struct.pack(">QQ", origin, first_seq) + b"".join(entries)
+    return b"N" + bytes([4]) + struct.pack(">QQ", origin, first_seq) + b"".join(entries)
 
 put_named("envelope", "broadcast_direct", envelope(7, 0,
     b"B" + s(b'{"jsonrpc":"2.0","method":"m"}'),
@@ -88,7 +88,7 @@ put_named("envelope", "presence", envelope(11, 0,
     b"J" + struct.pack(">Q", 1) + s(b"lobby") + client(11, 11) + s(b'{"nick":"ada"}'),
     b"L" + struct.pack(">Q", 3) + s(b"lobby") + client(11, 11),
     b"H" + struct.pack(">QI", 3, 15000),
-    b"S" + struct.pack(">QIII", 3, 0, 2, 1) + s(b"lobby") + client(11, 12) + s(b"null"),
-    b"S" + struct.pack(">QIII", 3, 1, 2, 1) + s(b"k") + client(11, 13) + s(b'{"a":1}'),
+    b"S" + struct.pack(">QIII", 3, 0, 2, 1) + s(b"lobby") + struct.pack(">Q", 2) + client(11, 12) + s(b"null"),
+    b"S" + struct.pack(">QIII", 3, 1, 2, 1) + s(b"k") + struct.pack(">Q", 3) + client(11, 13) + s(b'{"a":1}'),
     b"Q" + struct.pack(">Q", 0),
     b"X"))

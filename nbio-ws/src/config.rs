@@ -26,6 +26,7 @@ pub enum LogFormat {
 /// | `WS_PORT` | `8080` | TCP port |
 /// | `WS_PATH` | `/ws` | path of the WebSocket endpoint |
 /// | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages |
+/// | `WS_MAX_ROOMS_PER_CLIENT` | `100` | rooms one client may be in at once (a join past it is refused with `-32020`) |
 /// | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
 /// | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
 /// | `WS_MAX_MESSAGE_SIZE` | `1048576` | largest message accepted, in bytes (after reassembly) |
@@ -112,6 +113,9 @@ pub struct Config {
     pub path: String,
     /// Outbound queue capacity per client, in messages.
     pub send_buffer: usize,
+    /// Rooms one client may be in at once; a join past it is refused
+    /// ([`JoinError::TooManyRooms`](crate::JoinError::TooManyRooms)).
+    pub max_rooms_per_client: usize,
     /// Interval between server pings.
     pub ping_interval: Duration,
     /// A client that sends nothing (not even a pong) for this long is closed.
@@ -166,6 +170,7 @@ impl Default for Config {
             port: 8080,
             path: "/ws".into(),
             send_buffer: 256,
+            max_rooms_per_client: crate::hub::Client::DEFAULT_MAX_ROOMS_PER_CLIENT,
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(60),
             max_message_size: 1 << 20,
@@ -212,6 +217,13 @@ impl Config {
             send_buffer: env
                 .positive("WS_SEND_BUFFER", "a positive number of messages")?
                 .unwrap_or(d.send_buffer),
+            max_rooms_per_client: env
+                .parse(
+                    "WS_MAX_ROOMS_PER_CLIENT",
+                    "a positive number of rooms",
+                    |v| v.parse().ok().filter(|n| *n > 0),
+                )?
+                .unwrap_or(d.max_rooms_per_client),
             ping_interval: env
                 .duration_nonzero("WS_PING_INTERVAL")?
                 .unwrap_or(d.ping_interval),
@@ -365,6 +377,8 @@ mod tests {
         for (var, value) in [
             ("WS_PORT", "70000"),
             ("WS_SEND_BUFFER", "0"),
+            ("WS_MAX_ROOMS_PER_CLIENT", "0"),
+            ("WS_MAX_ROOMS_PER_CLIENT", "many"),
             ("WS_PING_INTERVAL", "soon"),
             ("WS_PONG_TIMEOUT", "0s"),
             ("WS_MAX_MESSAGE_SIZE", "-1"),

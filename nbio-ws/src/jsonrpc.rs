@@ -44,6 +44,12 @@ pub const MAX_ECHOED_METHOD: usize = 128;
 /// character boundary) and ends with `…`.
 pub const MAX_DETAIL: usize = 256;
 
+/// A room join was refused by a membership limit (`-32020`, in the
+/// server-error range); `data.reason` says which (`too_many_rooms`,
+/// `room_name_too_long`, `meta_too_large`, `disconnected`) and
+/// `data.limit` gives it. See [`JoinError`](crate::JoinError).
+pub const JOIN_REFUSED: i64 = -32020;
+
 /// A JSON-RPC error object: what a handler returns to fail a request.
 ///
 /// The constructors cover the codes of the specification; any code can be
@@ -95,6 +101,10 @@ impl RpcError {
     /// (`WS_REQUEST_TIMEOUT`) and was cancelled (`-32008`);
     /// `data.timeout_ms` gives the timeout.
     pub const REQUEST_TIMEOUT: i64 = REQUEST_TIMEOUT;
+    /// A room join was refused by a membership limit (`-32020`, in the
+    /// server-error range), with `data.reason`, `data.limit` and
+    /// `data.detail`. See [`JoinError`](crate::JoinError).
+    pub const JOIN_REFUSED: i64 = JOIN_REFUSED;
 
     /// An error with the given code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
@@ -211,6 +221,7 @@ impl RpcError {
             INTERNAL_ERROR => "internal_error",
             RATE_LIMITED => "rate_limited",
             REQUEST_TIMEOUT => "request_timeout",
+            JOIN_REFUSED => "join_refused",
             _ => "application",
         }
     }

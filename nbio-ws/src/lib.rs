@@ -102,16 +102,16 @@
 //! on this instance and, with a broker, on all of them.
 //!
 //! ```
-//! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) {
+//! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) -> Result<(), nbio_ws::JoinError> {
 //! use serde_json::json;
 //!
-//! client.join_with("lobby", json!({"nick": "ada"}));
+//! client.join_with("lobby", json!({"nick": "ada"}))?; // Err past a limit
 //! // Everyone in the lobby but the sender, serialized once:
 //! hub.to("lobby").except(client.id()).notify("chat.message", &json!({"text": "hi"})).ok();
 //! let members = hub.members("lobby").await;
 //! assert!(members.iter().any(|m| m.client == client.id()));
 //! client.leave("lobby");
-//! # }
+//! # Ok(()) }
 //! ```
 //!
 //! Membership lives on the instance the client is connected to and is
@@ -119,6 +119,22 @@
 //! those caused by a disconnect) is published as a [`PresenceEvent`] on
 //! [`Hub::presence_events`]. Each member carries the JSON `meta` it joined
 //! with (a nickname, a user id), which is what [`Hub::members`] reports.
+//!
+//! ### Limits
+//!
+//! What one client can make the registry hold is bounded; a join past a
+//! limit changes nothing and returns a [`JoinError`], which a handler
+//! returns with `?` as the JSON-RPC error `-32020`
+//! ([`RpcError::JOIN_REFUSED`]) — the connection carries on:
+//!
+//! | limit | default | the caller gets |
+//! |---|---|---|
+//! | rooms per client | 100 (`WS_MAX_ROOMS_PER_CLIENT`, [`ServerBuilder::max_rooms_per_client`]) | `{"code":-32020,"message":"Join refused","data":{"reason":"too_many_rooms","limit":100,"detail":"…"}}` |
+//! | room name | [`Client::MAX_ROOM_NAME_BYTES`]: 256 bytes of UTF-8 | `"reason":"room_name_too_long","limit":256` |
+//! | presence data | [`Client::MAX_META_BYTES`]: 4 KiB of serialized JSON | `"reason":"meta_too_large","limit":4096` |
+//!
+//! With a broker, an instance holds one room subscription per room its
+//! members are in, so at most its clients times the rooms limit.
 //!
 //! ### Across instances
 //!
@@ -212,7 +228,7 @@ pub use router::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
 pub use server::{shutdown_signal, BuildError, ServeError, Server, ServerBuilder};
-pub use types::{ClientId, Member, ParseClientIdError, PresenceEvent};
+pub use types::{ClientId, JoinError, Member, ParseClientIdError, PresenceEvent};
 pub use ws::RawMessage;
 
 /// Registers a function as a JSON-RPC method, at compile time.

@@ -176,3 +176,72 @@ impl PresenceEvent {
 /// A boxed, sendable future, as [`Broker`](crate::broker::Broker) and
 /// [`HistoryStore`](crate::history::HistoryStore) methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why [`Client::join`](crate::Client::join) or [`Client::join_with`](crate::Client::join_with) refused a join. The
+/// client's memberships are unchanged.
+///
+/// Converts into the JSON-RPC error `-32020`
+/// ([`RpcError::JOIN_REFUSED`](crate::RpcError::JOIN_REFUSED)), whose `data` names the reason and the
+/// limit, so a handler can return it with `?`:
+///
+/// ```
+/// use nbio_ws::{JoinError, RpcError};
+///
+/// let e = RpcError::from(JoinError::TooManyRooms { limit: 100 });
+/// assert_eq!(e.code, RpcError::JOIN_REFUSED);
+/// assert_eq!(e.message, "Join refused");
+/// assert_eq!(e.data.as_ref().unwrap()["reason"], "too_many_rooms");
+/// assert_eq!(e.data.as_ref().unwrap()["limit"], 100);
+/// assert_eq!(
+///     e.data.unwrap()["detail"],
+///     "a client may be in at most 100 rooms: leave one first"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The client is already in the most rooms it may be in
+    /// (`WS_MAX_ROOMS_PER_CLIENT`, default 100).
+    #[error("a client may be in at most {limit} rooms: leave one first")]
+    TooManyRooms {
+        /// The limit.
+        limit: usize,
+    },
+    /// The room name is longer than [`Client::MAX_ROOM_NAME_BYTES`](crate::Client::MAX_ROOM_NAME_BYTES).
+    #[error("a room name is at most {max} bytes")]
+    RoomNameTooLong {
+        /// The limit, in bytes of UTF-8.
+        max: usize,
+    },
+    /// The presence data, serialized as JSON, is larger than
+    /// [`Client::MAX_META_BYTES`](crate::Client::MAX_META_BYTES).
+    #[error("presence data is at most {max} bytes of JSON")]
+    MetaTooLarge {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The client is disconnected (or its server is gone).
+    #[error("the client is disconnected")]
+    Disconnected,
+}
+
+impl JoinError {
+    /// The `data.reason` of the JSON-RPC error.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            JoinError::TooManyRooms { .. } => "too_many_rooms",
+            JoinError::RoomNameTooLong { .. } => "room_name_too_long",
+            JoinError::MetaTooLarge { .. } => "meta_too_large",
+            JoinError::Disconnected => "disconnected",
+        }
+    }
+
+    /// The limit that refused the join, if one did.
+    pub(crate) fn limit(&self) -> Option<usize> {
+        match self {
+            JoinError::TooManyRooms { limit } => Some(*limit),
+            JoinError::RoomNameTooLong { max } | JoinError::MetaTooLarge { max } => Some(*max),
+            JoinError::Disconnected => None,
+        }
+    }
+}

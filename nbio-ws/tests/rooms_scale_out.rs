@@ -16,6 +16,11 @@
 //!    heartbeats) disappears from everyone's presence after the TTL;
 //! 6. with the broker down, remote members expire; when it is back,
 //!    presence converges again without restarting anything.
+//!
+//! And the membership limits with a broker: 5,000 joins from one
+//! connection are refused past the rooms limit with the typed error
+//! (`-32020`), the connection goes on working, and the instance holds one
+//! room subscription per room its member is in — no more.
 
 mod common;
 
@@ -58,7 +63,7 @@ fn app() -> ServerBuilder {
         .method(
             "join",
             |c: Client, hub: Hub, Params(p): Params<Join>| async move {
-                c.join_with(&p.room, json!({ "nick": p.nick }));
+                c.join_with(&p.room, json!({ "nick": p.nick }))?;
                 hub.room_ready(&p.room).await;
                 Ok::<_, RpcError>(true)
             },
@@ -416,4 +421,123 @@ async fn rooms_across_instances_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_across_instances_nats() {
     rooms_across_instances(Kind::Nats).await;
+}
+
+/// 5,000 joins from one connection over a broker.
+async fn join_limits(kind: Kind) {
+    const JOINS: usize = 5_000;
+    const LIMIT: usize = 100;
+    const WINDOW: usize = 100;
+    let backend = Backend::start(kind).await;
+    let channel = format!("limits{}", free_port());
+    let server = TestServer::start(backend.builder(app(), &channel)).await;
+    let mut other = TestServer::start(backend.builder(app(), &channel)).await;
+    let mut peer = Peer::connect(&server).await;
+    let mut far = Peer::connect(&other).await;
+    far.join("r0", "far").await;
+
+    // Pipelined in windows (the replies of a window fit any queue).
+    let (mut joined, mut refused) = (0, 0);
+    for window in 0..JOINS / WINDOW {
+        for i in 0..WINDOW {
+            let n = window * WINDOW + i;
+            let req = json!({"jsonrpc": "2.0", "method": "join", "id": n,
+                "params": {"room": format!("r{n}"), "nick": "many"}});
+            peer.ws.send_json(&req).await;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut answered = 0;
+        while answered < WINDOW {
+            let v = peer.read(deadline).await.expect("an answer in time");
+            if v.get("id").is_none() {
+                continue;
+            }
+            answered += 1;
+            let n = v["id"].as_u64().expect("id") as usize;
+            if v["result"] == true {
+                assert!(n < LIMIT, "join {n} accepted: {v}");
+                joined += 1;
+            } else {
+                assert!(n >= LIMIT, "join {n} refused: {v}");
+                let e = &v["error"];
+                assert_eq!(e["code"], -32020, "{v}");
+                assert_eq!(e["message"], "Join refused", "{v}");
+                assert_eq!(e["data"]["reason"], "too_many_rooms", "{v}");
+                assert_eq!(e["data"]["limit"], LIMIT, "{v}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((joined, refused), (LIMIT, JOINS - LIMIT));
+
+    // Too long a name, too much presence data: refused the same way.
+    peer.ws
+        .send_json(&json!({"jsonrpc": "2.0", "method": "leave", "id": "l",
+            "params": {"room": "r99"}}))
+        .await;
+    for (id, room, nick) in [
+        ("long", "x".repeat(257), "n".to_owned()),
+        ("meta", "ok".to_owned(), "m".repeat(5000)),
+    ] {
+        peer.ws
+            .send_json(&json!({"jsonrpc": "2.0", "method": "join", "id": id,
+                "params": {"room": room, "nick": nick}}))
+            .await;
+    }
+    let mut reasons = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reasons.len() < 3 {
+        let v = peer.read(deadline).await.expect("answers in time");
+        if let Some(id) = v["id"].as_str() {
+            let reason = v["error"]["data"]["reason"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned();
+            reasons.insert(id.to_owned(), (reason, v["error"]["data"]["limit"].clone()));
+        }
+    }
+    assert_eq!(reasons["l"].0, "ok");
+    assert_eq!(reasons["long"], ("room_name_too_long".into(), json!(256)));
+    assert_eq!(reasons["meta"], ("meta_too_large".into(), json!(4096)));
+
+    // The connection still works, and so do its rooms, across instances.
+    assert_eq!(
+        peer.call("join", json!({"room": "r99", "nick": "many"}))
+            .await,
+        true
+    );
+    assert_eq!(server.hub.room_count(), LIMIT);
+    far.call("say", json!({"room": "r0", "text": "hello"}))
+        .await;
+    peer.expect_said(1).await;
+    assert_eq!(peer.said, ["hello"]);
+
+    // One subscription per room with a member here: the refused joins
+    // left none behind.
+    assert_eq!(
+        metric(&server, "nbio_ws_broker_room_subscriptions").await,
+        LIMIT as u64
+    );
+    room_subscribers(&backend, &channel, "r0", 2).await;
+    room_subscribers(&backend, &channel, "r99", 1).await;
+    room_subscribers(&backend, &channel, "r100", 0).await;
+    room_subscribers(&backend, &channel, "r4999", 0).await;
+    other.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn join_limits_local() {
+    join_limits(Kind::Local).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn join_limits_redis() {
+    join_limits(Kind::Redis).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn join_limits_nats() {
+    join_limits(Kind::Nats).await;
 }

@@ -11,7 +11,8 @@
 //
 // The binary comes from the first argument or CHAT_BIN; the browser from
 // CHROMIUM (default /usr/bin/chromium). Screenshots go to out/ beside this
-// file.
+// file. The servers run with WS_MAX_ROOMS_PER_CLIENT=3, so that the page's
+// answer to a refused join is checked too.
 //
 // With CHAT_INSTANCES=2 it starts two instances of the binary on two ports
 // and opens alice's page on the first and bob's on the second: set the
@@ -32,6 +33,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const outDir = join(here, "out");
 const TIMEOUT = 10_000;
 const OVERALL_TIMEOUT = 150_000;
+const MAX_ROOMS = 3;
 
 const bin = resolve(process.argv[2] || process.env.CHAT_BIN || "");
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -77,7 +79,13 @@ function freePort() {
 
 function startServer(port) {
   const child = spawn(bin, [], {
-    env: { ...process.env, WS_HOST: "127.0.0.1", WS_PORT: String(port), WS_LOG_LEVEL: "warn" },
+    env: {
+      ...process.env,
+      WS_HOST: "127.0.0.1",
+      WS_PORT: String(port),
+      WS_LOG_LEVEL: "warn",
+      WS_MAX_ROOMS_PER_CLIENT: String(MAX_ROOMS),
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const keep = (d) => {
@@ -326,6 +334,34 @@ try {
     await say(bob, "hi alice");
     await msgText(alice, "bob", "hi alice").waitFor();
     await msgText(bob, "bob", "hi alice").waitFor();
+  });
+
+  await check("a join past the server's rooms limit shows its error; the chat goes on", async () => {
+    const room = (name) => alice.locator(`#rooms [data-testid=room][data-room="${name}"]`);
+    const extra = Array.from({ length: MAX_ROOMS }, (_, i) => `extra-${i + 1}`);
+    await alice.bringToFront(); // a background page's frames are throttled
+    for (const name of extra) {
+      await alice.getByTestId("add-room-input").fill(name);
+      await alice.getByTestId("add-room-input").press("Enter");
+      if (name !== extra[extra.length - 1]) await room(name).waitFor();
+    }
+    const err = alice.getByTestId("error-text");
+    await err.waitFor({ state: "visible" });
+    const text = await err.textContent();
+    assert(
+      text === `Join refused: a client may be in at most ${MAX_ROOMS} rooms: leave one first`,
+      `error says ${JSON.stringify(text)}`,
+    );
+    assert((await room(extra[extra.length - 1]).count()) === 0, "the refused room is not listed");
+    for (const name of extra.slice(0, -1)) {
+      await room(name).hover(); // the leave button shows on hover
+      await room(name).getByTestId("room-leave").click();
+      await room(name).waitFor({ state: "detached" });
+    }
+    await room("lobby").getByTestId("room-open").click();
+    await alice.waitForFunction(() => document.getElementById("current-room").textContent === "lobby");
+    await say(alice, "still here");
+    await msgText(bob, "alice", "still here").waitFor();
   });
 
   await check("an HTML/script message is shown as literal text, nothing runs", async () => {

@@ -71,23 +71,34 @@
 //! room, without a round trip. The scheme is the one of Phoenix's
 //! presence tracker, simplified to one writer per entry:
 //!
-//! - **Deltas.** Every join and leave on an instance bumps its *presence
-//!   version* and is published with it (`Join`/`Leave`). A replica applies
-//!   a delta that is next in line; one that skips versions (or a hole in
-//!   the presence channel's sequence numbers) means something was lost on
-//!   the way (pub/sub is at-most-once), so it is applied and the replica
-//!   asks for a snapshot — again at every heartbeat (at most every
-//!   `ttl / 3`) until one is applied.
-//! - **Heartbeats.** Every `ttl / 3` an instance publishes its version and
-//!   its TTL. A replica whose version differs asks for a snapshot; one that
-//!   hears nothing from an instance for `ttl` drops everything that
-//!   instance had (it crashed or lost the broker), which heals presence
-//!   after a crash.
+//! - **Deltas.** Every join and leave on an instance takes the next
+//!   *presence version* of that instance and is published with it
+//!   (`Join`/`Leave`). Versions are taken under the room's own lock, so
+//!   the deltas of one room go out in version order, while those of
+//!   different rooms may interleave. A replica keeps, per room, the version
+//!   of the last delta it applied, and ignores a delta that is not newer.
+//!   A hole in the presence channel's sequence numbers means something was
+//!   lost on the way (pub/sub is at-most-once): the replica asks for a
+//!   snapshot — again at every heartbeat (at most every `ttl / 3`) until
+//!   one is applied. A delta the instance could not even queue (its
+//!   publish queue was full) makes it publish a snapshot by itself.
+//! - **Heartbeats.** Every `ttl / 3` an instance publishes the highest
+//!   version it has queued, and its TTL. A replica that has not seen that
+//!   version asks for a snapshot; one that hears nothing from an instance
+//!   for `ttl` drops everything that instance had (it crashed or lost the
+//!   broker), which heals presence after a crash.
 //! - **Snapshots.** On request (`SyncRequest`, also sent by every instance
 //!   when it starts), an instance publishes all its memberships, in
-//!   numbered parts of at most 256 KiB; a replica that received every part
-//!   in order replaces what it had for that instance and emits the
-//!   differences as events (so a member who was there all along but unknown
+//!   numbered parts of at most 256 KiB, without stopping joins: each
+//!   member carries its room's version, and the snapshot the version
+//!   before it was taken (`since`). A replica that received every part in
+//!   order merges it room by room: a room it knows at a newer version than
+//!   the snapshot's (a delta that came after that room was read) is kept,
+//!   every other room is replaced, and a room missing from the snapshot is
+//!   dropped unless a delta newer than `since` touched it. Rooms emptied by
+//!   a leave are remembered (as versions) for `ttl`, so that a snapshot
+//!   read before the leave cannot bring the member back. The differences
+//!   are emitted as events (a member who was there all along but unknown
 //!   here shows up as a `Joined`); a snapshot with a part missing is
 //!   dropped and asked for again.
 //! - **Goodbye.** At graceful shutdown an instance publishes `Gone`, so

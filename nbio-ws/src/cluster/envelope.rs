@@ -9,7 +9,7 @@
 //! ```text
 //! 0      1        2          10         18
 //! +------+--------+----------+----------+---------------------------+
-//! | 0x4E | ver=3  | origin   | first    | entries...                |
+//! | 0x4E | ver=4  | origin   | first    | entries...                |
 //! | 'N'  |        | (u64)    | seq (u64)|                           |
 //! +------+--------+----------+----------+---------------------------+
 //! str  = len(u32) UTF-8 bytes
@@ -20,8 +20,10 @@
 //!        'J' version(u64) str(room) client str(meta JSON)   a join
 //!        'L' version(u64) str(room) client                  a leave
 //!        'H' version(u64) ttl_ms(u32)            presence heartbeat
-//!        'S' version(u64) part(u32) parts(u32) count(u32) count × (str(room) client str(meta))
-//!                                                part `part` (0-based) of `parts` of a presence snapshot
+//!        'S' since(u64) part(u32) parts(u32) count(u32) count × (str(room) version(u64) client str(meta))
+//!                                                part `part` (0-based) of `parts` of a presence snapshot:
+//!                                                `since` is the version before it was taken, each member
+//!                                                carries its room's version
 //!        'Q' target(u64)                         "send your snapshot" (0: everyone)
 //!        'X'                                     the origin is shutting down
 //! ```
@@ -42,15 +44,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::types::ClientId;
 
 const MAGIC: u8 = b'N';
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 const HEADER: usize = 18;
 /// Most entries one envelope may hold (a publisher packs at most 256): a
 /// message of tiny entries cannot make a receiver allocate far more than
 /// its size.
 pub(crate) const MAX_ENTRIES: usize = 1024;
-/// The fixed bytes of one snapshot member: two string lengths and a
-/// client id.
-const SNAPSHOT_MEMBER: usize = 4 + 16 + 4;
+/// The fixed bytes of one snapshot member: two string lengths, a room
+/// version and a client id.
+const SNAPSHOT_MEMBER: usize = 4 + 8 + 16 + 4;
 
 /// One message to carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +81,9 @@ pub(crate) enum Entry {
     Presence(Presence),
 }
 
-/// Memberships as a snapshot carries them: room, client, meta (JSON).
-pub(crate) type SnapshotMembers = Vec<(Arc<str>, ClientId, Bytes)>;
+/// Memberships as a snapshot carries them: room, the room's version,
+/// client, meta (JSON).
+pub(crate) type SnapshotMembers = Vec<(Arc<str>, u64, ClientId, Bytes)>;
 
 /// The presence entries (see [`presence`](super::presence)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +104,7 @@ pub(crate) enum Presence {
         ttl_ms: u32,
     },
     Snapshot {
-        version: u64,
+        since: u64,
         part: u32,
         parts: u32,
         members: SnapshotMembers,
@@ -140,7 +143,7 @@ impl Entry {
                 Presence::Snapshot { members, .. } => {
                     21 + members
                         .iter()
-                        .map(|(r, _, m)| SNAPSHOT_MEMBER + r.len() + m.len())
+                        .map(|(r, _, _, m)| Entry::snapshot_member_len(r, m))
                         .sum::<usize>()
                 }
                 Presence::SyncRequest { .. } => 9,
@@ -149,16 +152,18 @@ impl Entry {
         }
     }
 
-    /// A join, as published.
+    /// Bytes one member adds to a snapshot.
+    pub(crate) fn snapshot_member_len(room: &str, meta: &[u8]) -> usize {
+        SNAPSHOT_MEMBER + room.len() + meta.len()
+    }
+
+    /// A join, as published (`meta`: JSON).
     pub(crate) fn presence_join(
         version: u64,
         room: &Arc<str>,
         client: ClientId,
-        meta: &serde_json::Value,
+        meta: Bytes,
     ) -> Entry {
-        let meta = serde_json::to_vec(meta)
-            .map(Bytes::from)
-            .unwrap_or_else(|_| Bytes::from_static(b"null"));
         Entry::Presence(Presence::Join {
             version,
             room: Arc::clone(room),
@@ -168,10 +173,10 @@ impl Entry {
     }
 
     /// A leave, as published.
-    pub(crate) fn presence_leave(version: u64, room: &str, client: ClientId) -> Entry {
+    pub(crate) fn presence_leave(version: u64, room: &Arc<str>, client: ClientId) -> Entry {
         Entry::Presence(Presence::Leave {
             version,
-            room: Arc::from(room),
+            room: Arc::clone(room),
             client,
         })
     }
@@ -255,18 +260,19 @@ pub(crate) fn encode(origin: u64, first_seq: u64, entries: &[Entry]) -> Bytes {
                 out.put_u32(*ttl_ms);
             }
             Entry::Presence(Presence::Snapshot {
-                version,
+                since,
                 part,
                 parts,
                 members,
             }) => {
                 out.put_u8(b'S');
-                out.put_u64(*version);
+                out.put_u64(*since);
                 out.put_u32(*part);
                 out.put_u32(*parts);
                 out.put_u32(u32::try_from(members.len()).unwrap_or(u32::MAX));
-                for (room, client, meta) in members {
+                for (room, version, client, meta) in members {
                     put_str(&mut out, room.as_bytes());
+                    out.put_u64(*version);
                     out.put_u128(client.as_u128());
                     put_str(&mut out, meta);
                 }
@@ -388,7 +394,7 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
                 ttl_ms: r.u32()?,
             }),
             b'S' => {
-                let version = r.u64()?;
+                let since = r.u64()?;
                 let part = r.u32()?;
                 let parts = r.u32()?;
                 if part >= parts {
@@ -401,11 +407,12 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, DecodeError> {
                 let mut members = Vec::with_capacity((count as usize).min(room_left));
                 for _ in 0..count {
                     let room = r.name()?;
+                    let version = r.u64()?;
                     let client = r.client()?;
-                    members.push((room, client, r.text()?));
+                    members.push((room, version, client, r.text()?));
                 }
                 Entry::Presence(Presence::Snapshot {
-                    version,
+                    since,
                     part,
                     parts,
                     members,
@@ -525,25 +532,27 @@ mod tests {
                 3,
                 &Arc::from("lobby"),
                 ClientId::from_parts(0xabcd, 5),
-                &serde_json::json!({"nick": "ada"}),
+                Bytes::from_static(br#"{"nick":"ada"}"#),
             ),
-            Entry::presence_leave(4, "lobby", ClientId::from_parts(0xabcd, 5)),
+            Entry::presence_leave(4, &Arc::from("lobby"), ClientId::from_parts(0xabcd, 5)),
             Entry::Presence(Presence::Heartbeat {
                 version: 4,
                 ttl_ms: 15_000,
             }),
             Entry::Presence(Presence::Snapshot {
-                version: 4,
+                since: 4,
                 part: 1,
                 parts: 2,
                 members: vec![
                     (
                         Arc::from("a"),
+                        3,
                         ClientId::from_parts(0xabcd, 1),
                         Bytes::from_static(b"null"),
                     ),
                     (
                         Arc::from("b"),
+                        4,
                         ClientId::from_parts(0xabcd, 2),
                         Bytes::from_static(br#"{"x":1}"#),
                     ),
@@ -570,7 +579,7 @@ mod tests {
             1,
             0,
             &[Entry::Presence(Presence::Snapshot {
-                version: 1,
+                since: 1,
                 part: 0,
                 parts: 1,
                 members: vec![],

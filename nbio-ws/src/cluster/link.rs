@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -110,8 +111,9 @@ pub(crate) struct Link {
     /// The hub and the runtime, once started (room subscriptions need
     /// them, and joins may come from any thread).
     hub: OnceLock<(Weak<dyn Inbound>, tokio::runtime::Handle)>,
-    /// Room subscriptions by channel.
-    rooms: Mutex<HashMap<String, RoomSub>>,
+    /// Room subscriptions by channel (sharded: rooms that come and go do
+    /// not wait for each other).
+    rooms: DashMap<String, RoomSub>,
     snapshot_wanted: Arc<Notify>,
 }
 
@@ -128,17 +130,26 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Queues an entry for the publisher. Never blocks.
-    fn queue(&self, entry: Entry) {
-        if matches!(entry, Entry::Presence(_))
-            && self.stopping.load(std::sync::atomic::Ordering::Acquire)
-        {
-            return;
+    /// Queues an entry for the publisher; whether it was taken. Never
+    /// blocks.
+    fn queue(&self, entry: Entry) -> bool {
+        let presence = matches!(entry, Entry::Presence(_));
+        if presence && self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
         }
-        if let Err(e) = self.tx.try_send(entry) {
-            self.metrics.incr(PUBLISH_FAILURES);
-            let full = matches!(e, mpsc::error::TrySendError::Full(_));
-            tracing::debug!(full, "broker publish queue refused a message");
+        match self.tx.try_send(entry) {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.incr(PUBLISH_FAILURES);
+                let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                tracing::debug!(full, "broker publish queue refused a message");
+                if presence {
+                    // The other instances miss a change they cannot see
+                    // missing: send them everything again (spaced out).
+                    self.snapshot_wanted.notify_one();
+                }
+                false
+            }
         }
     }
 }
@@ -174,14 +185,15 @@ impl Link {
             cancel: CancellationToken::new(),
             metrics,
             hub: OnceLock::new(),
-            rooms: Mutex::new(HashMap::new()),
+            rooms: DashMap::new(),
             snapshot_wanted,
         }
     }
 
-    /// Queues an entry for the publisher. Never blocks.
-    pub(crate) fn queue(&self, entry: Entry) {
-        self.outbox.queue(entry);
+    /// Queues an entry for the publisher; whether it was taken (a full
+    /// queue refuses, and counts a publish failure). Never blocks.
+    pub(crate) fn queue(&self, entry: Entry) -> bool {
+        self.outbox.queue(entry)
     }
 
     /// The adapter and whether it is connected.
@@ -192,13 +204,9 @@ impl Link {
         }
     }
 
-    /// How many rooms this instance is subscribed to.
+    /// How many room channels this instance is subscribed to.
     pub(crate) fn room_subscriptions(&self) -> usize {
-        self.lock_rooms().len()
-    }
-
-    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomSub>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+        self.rooms.len()
     }
 
     fn spawn_receiver(
@@ -230,30 +238,29 @@ impl Link {
             return;
         }
         let channel = room_channel(&self.channel, room);
-        let mut subs = self.lock_rooms();
-        if let Some(sub) = subs.get_mut(&channel) {
-            if !sub.rooms.contains(room) {
-                sub.rooms.push(Arc::clone(room));
+        let vacant = match self.rooms.entry(channel) {
+            dashmap::Entry::Occupied(mut sub) => {
+                if !sub.get().rooms.contains(room) {
+                    sub.get_mut().rooms.push(Arc::clone(room));
+                }
+                return;
             }
-            return;
-        }
+            dashmap::Entry::Vacant(v) => v,
+        };
         // Backends spawn their tasks: on the server's runtime, whatever
         // thread the join comes from.
         let _entered = rt.enter();
-        match self.broker.subscribe(&channel) {
+        match self.broker.subscribe(vacant.key()) {
             Ok(sub) => {
                 let ready = sub.ready_watch();
                 let cancel = self.cancel.child_token();
                 // The task ends (and the subscription with it) on cancel.
                 let _ = self.spawn_receiver(sub, Kind::Room, cancel.clone());
-                subs.insert(
-                    channel,
-                    RoomSub {
-                        rooms: vec![Arc::clone(room)],
-                        cancel,
-                        ready,
-                    },
-                );
+                vacant.insert(RoomSub {
+                    rooms: vec![Arc::clone(room)],
+                    cancel,
+                    ready,
+                });
             }
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cannot subscribe to a room's channel: \
@@ -265,13 +272,10 @@ impl Link {
     /// Drops a room's subscription (its last local member left).
     pub(crate) fn room_unsubscribe(&self, room: &str) {
         let channel = room_channel(&self.channel, room);
-        let mut subs = self.lock_rooms();
-        if let Some(sub) = subs.get_mut(&channel) {
-            sub.rooms.retain(|r| &**r != room);
-            if sub.rooms.is_empty() {
-                if let Some(sub) = subs.remove(&channel) {
-                    sub.cancel.cancel();
-                }
+        if let dashmap::Entry::Occupied(mut sub) = self.rooms.entry(channel) {
+            sub.get_mut().rooms.retain(|r| &**r != room);
+            if sub.get().rooms.is_empty() {
+                sub.remove().cancel.cancel();
             }
         }
     }
@@ -281,7 +285,7 @@ impl Link {
     /// a bounded wait.
     pub(crate) async fn room_ready(&self, room: &str) {
         let channel = room_channel(&self.channel, room);
-        let ready = self.lock_rooms().get(&channel).map(|s| s.ready.clone());
+        let ready = self.rooms.get(&channel).map(|s| s.ready.clone());
         if let Some(mut ready) = ready {
             let _ = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await;
         }
@@ -374,7 +378,7 @@ impl Link {
             self.metrics.incr(PUBLISH_FAILURES);
         }
         self.cancel.cancel();
-        self.lock_rooms().clear();
+        self.rooms.clear();
         let tasks = self
             .tasks
             .lock()
@@ -422,18 +426,17 @@ async fn presence_loop(
             return;
         };
         if snapshot {
-            hub.snapshot(SNAPSHOT_PART_BYTES, &mut |version, members, part, parts| {
+            hub.snapshot(SNAPSHOT_PART_BYTES, &mut |since, members, part, parts| {
                 link.queue(Entry::Presence(Presence::Snapshot {
-                    version,
+                    since,
                     part,
                     parts,
                     members,
                 }));
             });
         } else {
-            hub.with_version(&mut |version| {
-                link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
-            });
+            let version = hub.presence_version();
+            link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
             hub.expire_remote();
         }
     }

@@ -42,14 +42,15 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     fn presence_gap(&self, origin: u64);
     /// Drops the members of instances that went silent.
     fn expire_remote(&self);
-    /// Calls `f` with the current presence version while no local
-    /// membership can change.
-    fn with_version(&self, f: &mut dyn FnMut(u64));
+    /// The highest presence version queued for the other instances (what
+    /// a heartbeat carries).
+    fn presence_version(&self) -> u64;
     /// Hands this instance's memberships to `part`, in parts of about
-    /// `part_bytes` (`part(version, members, index, count)`).
+    /// `part_bytes` (`part(since, members, index, count)`), without
+    /// holding up joins and leaves.
     fn snapshot(&self, part_bytes: usize, part: &mut dyn FnMut(u64, SnapshotMembers, u32, u32));
-    /// Calls `f` for every room with local members, while no local
-    /// membership can change.
+    /// Calls `f` for every room with local members, each while that room
+    /// cannot lose its last member.
     fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>));
     /// A publication to a room with history.
     fn publication(self: Arc<Self>, room: &str, p: Publication);

@@ -9,23 +9,34 @@
 //! room, without a round trip. The scheme is the one of Phoenix's
 //! presence tracker, simplified to one writer per entry:
 //!
-//! - **Deltas.** Every join and leave on an instance bumps its *presence
-//!   version* and is published with it (`Join`/`Leave`). A replica applies
-//!   a delta that is next in line; one that skips versions (or a hole in
-//!   the presence channel's sequence numbers) means something was lost on
-//!   the way (pub/sub is at-most-once), so it is applied and the replica
-//!   asks for a snapshot — again at every heartbeat (at most every
-//!   `ttl / 3`) until one is applied.
-//! - **Heartbeats.** Every `ttl / 3` an instance publishes its version and
-//!   its TTL. A replica whose version differs asks for a snapshot; one that
-//!   hears nothing from an instance for `ttl` drops everything that
-//!   instance had (it crashed or lost the broker), which heals presence
-//!   after a crash.
+//! - **Deltas.** Every join and leave on an instance takes the next
+//!   *presence version* of that instance and is published with it
+//!   (`Join`/`Leave`). Versions are taken under the room's own lock, so
+//!   the deltas of one room go out in version order, while those of
+//!   different rooms may interleave. A replica keeps, per room, the version
+//!   of the last delta it applied, and ignores a delta that is not newer.
+//!   A hole in the presence channel's sequence numbers means something was
+//!   lost on the way (pub/sub is at-most-once): the replica asks for a
+//!   snapshot — again at every heartbeat (at most every `ttl / 3`) until
+//!   one is applied. A delta the instance could not even queue (its
+//!   publish queue was full) makes it publish a snapshot by itself.
+//! - **Heartbeats.** Every `ttl / 3` an instance publishes the highest
+//!   version it has queued, and its TTL. A replica that has not seen that
+//!   version asks for a snapshot; one that hears nothing from an instance
+//!   for `ttl` drops everything that instance had (it crashed or lost the
+//!   broker), which heals presence after a crash.
 //! - **Snapshots.** On request (`SyncRequest`, also sent by every instance
 //!   when it starts), an instance publishes all its memberships, in
-//!   numbered parts of at most 256 KiB; a replica that received every part
-//!   in order replaces what it had for that instance and emits the
-//!   differences as events (so a member who was there all along but unknown
+//!   numbered parts of at most 256 KiB, without stopping joins: each
+//!   member carries its room's version, and the snapshot the version
+//!   before it was taken (`since`). A replica that received every part in
+//!   order merges it room by room: a room it knows at a newer version than
+//!   the snapshot's (a delta that came after that room was read) is kept,
+//!   every other room is replaced, and a room missing from the snapshot is
+//!   dropped unless a delta newer than `since` touched it. Rooms emptied by
+//!   a leave are remembered (as versions) for `ttl`, so that a snapshot
+//!   read before the leave cannot bring the member back. The differences
+//!   are emitted as events (a member who was there all along but unknown
 //!   here shows up as a `Joined`); a snapshot with a part missing is
 //!   dropped and asked for again.
 //! - **Goodbye.** At graceful shutdown an instance publishes `Gone`, so
@@ -63,21 +74,32 @@ pub(crate) enum Reply {
     SendSnapshot,
 }
 
+/// A room of another instance, as far as this one knows.
+#[derive(Default)]
+struct RoomReplica {
+    /// The version of the last delta (or snapshot) applied to it.
+    version: u64,
+    members: HashMap<ClientId, serde_json::Value>,
+    /// When a leave emptied it: an empty room is kept (for its version)
+    /// until `ttl` after that.
+    emptied: Option<Instant>,
+}
+
 /// What one other instance has, as far as this one knows.
 struct Origin {
-    /// The last version applied.
+    /// The highest version applied (deltas, and the `since` of snapshots).
     version: u64,
     /// Whether any versioned entry (delta or snapshot) was applied.
     seen: bool,
     /// Whether a snapshot was ever applied (deltas alone may miss some).
     synced: bool,
-    /// Whether something may be missing since (a skipped version, a hole
-    /// in the channel, a broken snapshot): heartbeats keep asking for a
-    /// snapshot until one is applied.
+    /// Whether something may be missing since (a hole in the channel, a
+    /// broken snapshot): heartbeats keep asking for a snapshot until one
+    /// is applied.
     needs_sync: bool,
     expires: Instant,
     ttl: Duration,
-    rooms: HashMap<Arc<str>, HashMap<ClientId, serde_json::Value>>,
+    rooms: HashMap<Arc<str>, RoomReplica>,
     /// A snapshot being received.
     pending: Option<Pending>,
     /// When a snapshot was last asked for.
@@ -86,7 +108,7 @@ struct Origin {
 
 /// The parts of a snapshot received so far, in order.
 struct Pending {
-    version: u64,
+    since: u64,
     next_part: u32,
     members: SnapshotMembers,
 }
@@ -117,7 +139,7 @@ impl Origin {
     }
 
     fn count(&self) -> usize {
-        self.rooms.values().map(HashMap::len).sum()
+        self.rooms.values().map(|r| r.members.len()).sum()
     }
 
     /// Whether deltas are trusted to be complete.
@@ -125,17 +147,17 @@ impl Origin {
         self.synced && !self.needs_sync
     }
 
-    /// Bookkeeping of a delta's version; `false` if it was seen already.
-    fn take_version(&mut self, version: u64) -> bool {
-        if self.seen && version <= self.version {
-            return false;
-        }
-        if self.version.checked_add(1) != Some(version) {
-            self.needs_sync = true; // something in between was lost
-        }
+    /// The room a delta of `version` applies to, unless the replica has
+    /// it at that version or a newer one already.
+    fn room_for(&mut self, room: Arc<str>, version: u64) -> Option<&mut RoomReplica> {
         self.version = self.version.max(version);
         self.seen = true;
-        true
+        let r = self.rooms.entry(room).or_default();
+        if r.version >= version {
+            return None; // seen already, or older than a snapshot
+        }
+        r.version = version;
+        Some(r)
     }
 
     /// What to reply after a delta.
@@ -145,6 +167,81 @@ impl Origin {
         } else {
             self.ask(origin, now)
         }
+    }
+
+    /// Forgets the emptied rooms older than `ttl` (and those a snapshot
+    /// newer than them made moot).
+    fn prune(&mut self, now: Instant, covered_by: Option<u64>) {
+        let ttl = self.ttl;
+        self.rooms.retain(|_, r| match r.emptied {
+            None => !r.members.is_empty(),
+            Some(at) => now < at + ttl && covered_by.is_none_or(|since| r.version > since),
+        });
+    }
+
+    /// Merges a complete snapshot (see the module docs); events for what
+    /// changed go to `events`.
+    fn merge(
+        &mut self,
+        since: u64,
+        members: SnapshotMembers,
+        now: Instant,
+        events: &broadcast::Sender<PresenceEvent>,
+    ) {
+        let mut fresh: HashMap<Arc<str>, RoomReplica> = HashMap::new();
+        for (room, version, client, meta) in members {
+            let r = fresh.entry(room).or_default();
+            r.version = r.version.max(version);
+            r.members.insert(client, meta_of(&meta));
+        }
+        let mut merged: HashMap<Arc<str>, RoomReplica> = HashMap::with_capacity(fresh.len());
+        // Leaves first, then joins.
+        let mut joins = Vec::new();
+        for (room, cur) in std::mem::take(&mut self.rooms) {
+            match fresh.remove(&room) {
+                Some(new) if new.version >= cur.version => {
+                    for (client, meta) in &cur.members {
+                        if !new.members.contains_key(client) {
+                            let _ = events.send(left(&room, *client, meta.clone()));
+                        }
+                    }
+                    for (client, meta) in &new.members {
+                        if !cur.members.contains_key(client) {
+                            joins.push(joined(&room, *client, meta.clone()));
+                        }
+                    }
+                    merged.insert(room, new);
+                }
+                // The replica's is newer: a delta after that room was read.
+                Some(_) => {
+                    merged.insert(room, cur);
+                }
+                None if cur.version > since => {
+                    merged.insert(room, cur);
+                }
+                None => {
+                    for (client, meta) in cur.members {
+                        let _ = events.send(left(&room, client, meta));
+                    }
+                }
+            }
+        }
+        for (room, new) in fresh {
+            for (client, meta) in &new.members {
+                joins.push(joined(&room, *client, meta.clone()));
+            }
+            merged.insert(room, new);
+        }
+        for e in joins {
+            let _ = events.send(e);
+        }
+        self.rooms = merged;
+        self.prune(now, Some(since));
+        self.version = self.version.max(since);
+        self.seen = true;
+        self.synced = true;
+        self.needs_sync = false;
+        self.asked = None; // answered
     }
 }
 
@@ -229,13 +326,12 @@ impl Replica {
                 client,
                 meta,
             } => {
-                if !o.take_version(version) {
-                    return Reply::None; // seen already
-                }
-                let meta = meta_of(&meta);
-                let members = o.rooms.entry(Arc::clone(&room)).or_default();
-                if members.insert(client, meta.clone()).is_none() {
-                    let _ = events.send(joined(&room, client, meta));
+                if let Some(r) = o.room_for(Arc::clone(&room), version) {
+                    let meta = meta_of(&meta);
+                    r.emptied = None;
+                    if r.members.insert(client, meta.clone()).is_none() {
+                        let _ = events.send(joined(&room, client, meta));
+                    }
                 }
                 o.after_delta(origin, now)
             }
@@ -244,15 +340,12 @@ impl Replica {
                 room,
                 client,
             } => {
-                if !o.take_version(version) {
-                    return Reply::None;
-                }
-                if let Some(members) = o.rooms.get_mut(&room) {
-                    if let Some(meta) = members.remove(&client) {
+                if let Some(r) = o.room_for(Arc::clone(&room), version) {
+                    if let Some(meta) = r.members.remove(&client) {
                         let _ = events.send(left(&room, client, meta));
                     }
-                    if members.is_empty() {
-                        o.rooms.remove(&room);
+                    if r.members.is_empty() {
+                        r.emptied = Some(now);
                     }
                 }
                 o.after_delta(origin, now)
@@ -265,30 +358,26 @@ impl Replica {
                     o.seen = true;
                     o.synced = true;
                 }
-                if o.complete() && version == o.version {
+                o.prune(now, None);
+                if o.complete() && version <= o.version {
                     Reply::None
                 } else {
                     o.ask(origin, now)
                 }
             }
             Presence::Snapshot {
-                version,
+                since,
                 part,
                 parts,
                 members,
             } => {
-                if o.seen && version < o.version {
-                    // Older than deltas already applied.
-                    o.pending = None;
-                    return o.after_delta(origin, now);
-                }
                 let pending = match o.pending.take() {
                     _ if part == 0 => Pending {
-                        version,
+                        since,
                         next_part: 1,
                         members,
                     },
-                    Some(mut p) if p.version == version && p.next_part == part => {
+                    Some(mut p) if p.since == since && p.next_part == part => {
                         p.members.extend(members);
                         p.next_part += 1;
                         p
@@ -303,35 +392,7 @@ impl Replica {
                     o.pending = Some(pending);
                     return Reply::None;
                 }
-                let mut fresh: HashMap<Arc<str>, HashMap<ClientId, serde_json::Value>> =
-                    HashMap::new();
-                for (room, client, meta) in pending.members {
-                    fresh
-                        .entry(room)
-                        .or_default()
-                        .insert(client, meta_of(&meta));
-                }
-                // Events for the differences, leaves first.
-                for (room, members) in &o.rooms {
-                    for (client, meta) in members {
-                        if !fresh.get(room).is_some_and(|m| m.contains_key(client)) {
-                            let _ = events.send(left(room, *client, meta.clone()));
-                        }
-                    }
-                }
-                for (room, members) in &fresh {
-                    for (client, meta) in members {
-                        if !o.rooms.get(room).is_some_and(|m| m.contains_key(client)) {
-                            let _ = events.send(joined(room, *client, meta.clone()));
-                        }
-                    }
-                }
-                o.rooms = fresh;
-                o.version = version;
-                o.seen = true;
-                o.synced = true;
-                o.needs_sync = false;
-                o.asked = None; // answered
+                o.merge(pending.since, pending.members, now, events);
                 Reply::None
             }
             Presence::SyncRequest { .. } | Presence::Gone => Reply::None,
@@ -376,8 +437,8 @@ impl Replica {
             if o.expires <= now {
                 continue;
             }
-            if let Some(members) = o.rooms.get(room) {
-                out.extend(members.iter().map(|(client, meta)| Member {
+            if let Some(r) = o.rooms.get(room) {
+                out.extend(r.members.iter().map(|(client, meta)| Member {
                     client: *client,
                     meta: meta.clone(),
                 }));
@@ -397,8 +458,8 @@ impl Replica {
 }
 
 fn emit_all_left(o: Origin, events: &broadcast::Sender<PresenceEvent>) {
-    for (room, members) in o.rooms {
-        for (client, meta) in members {
+    for (room, r) in o.rooms {
+        for (client, meta) in r.members {
             let _ = events.send(left(&room, client, meta));
         }
     }
@@ -426,6 +487,48 @@ mod tests {
         ids
     }
 
+    fn leave(version: u64, room: &str, client: u64) -> Presence {
+        Presence::Leave {
+            version,
+            room: Arc::from(room),
+            client: ClientId::from_parts(9, client),
+        }
+    }
+
+    fn snapshot(since: u64, members: &[(&str, u64, u64)]) -> Presence {
+        Presence::Snapshot {
+            since,
+            part: 0,
+            parts: 1,
+            members: members
+                .iter()
+                .map(|(room, version, client)| {
+                    (
+                        Arc::from(*room),
+                        *version,
+                        ClientId::from_parts(9, *client),
+                        Bytes::from_static(b"null"),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn seen(rx: &mut broadcast::Receiver<PresenceEvent>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(match e {
+                PresenceEvent::Joined { member, room, .. } => {
+                    format!("+{room}{}", member.client.counter())
+                }
+                PresenceEvent::Left { member, room, .. } => {
+                    format!("-{room}{}", member.client.counter())
+                }
+            });
+        }
+        out
+    }
+
     #[tokio::test]
     async fn deltas_snapshots_and_gaps() {
         let r = Replica::new(Duration::from_secs(10));
@@ -437,38 +540,37 @@ mod tests {
             Reply::AskSnapshot(9)
         );
         assert_eq!(names(&r, "a"), [100]);
-        // The snapshot replaces: 100 left, 101 is there.
-        let snap = Presence::Snapshot {
-            version: 2,
-            part: 0,
-            parts: 1,
-            members: vec![(
-                Arc::from("a"),
-                ClientId::from_parts(9, 101),
-                Bytes::from_static(b"null"),
-            )],
-        };
-        assert_eq!(r.apply(1, 9, snap, &events), Reply::None);
-        assert_eq!(names(&r, "a"), [101]);
-        // In line: applied, nothing asked.
-        assert_eq!(r.apply(1, 9, join(3, "a", 102), &events), Reply::None);
-        // Stale: ignored.
-        assert_eq!(r.apply(1, 9, join(3, "a", 103), &events), Reply::None);
-        assert_eq!(names(&r, "a"), [101, 102]);
-        // A gap: applied, and a snapshot asked for (once in a while).
+        // The snapshot is newer for room a: it replaces (100 left, 101 is
+        // there).
         assert_eq!(
-            r.apply(1, 9, join(5, "a", 104), &events),
-            Reply::AskSnapshot(9)
+            r.apply(1, 9, snapshot(2, &[("a", 2, 101)]), &events),
+            Reply::None
         );
-        assert_eq!(r.apply(1, 9, join(6, "a", 105), &events), Reply::None);
-        // Until a snapshot is applied, heartbeats keep asking (at most every
-        // ttl / 3: not again yet); sync requests for us or all ask for our
-        // snapshot.
-        let hb = Presence::Heartbeat {
-            version: 6,
+        assert_eq!(names(&r, "a"), [101]);
+        // Newer for its room: applied, nothing asked.
+        assert_eq!(r.apply(1, 9, join(3, "a", 102), &events), Reply::None);
+        // Not newer than what room a has: ignored.
+        assert_eq!(r.apply(1, 9, join(3, "a", 103), &events), Reply::None);
+        assert_eq!(r.apply(1, 9, join(2, "a", 103), &events), Reply::None);
+        assert_eq!(names(&r, "a"), [101, 102]);
+        // Versions of different rooms interleave: a lower version in
+        // another room is applied.
+        assert_eq!(r.apply(1, 9, join(5, "a", 104), &events), Reply::None);
+        assert_eq!(r.apply(1, 9, join(4, "b", 105), &events), Reply::None);
+        assert_eq!(names(&r, "b"), [105]);
+        // In sync: a heartbeat at the version seen asks nothing; one ahead
+        // of it (the last delta was lost) asks for a snapshot.
+        let hb = |version| Presence::Heartbeat {
+            version,
             ttl_ms: 10_000,
         };
-        assert_eq!(r.apply(1, 9, hb, &events), Reply::None);
+        assert_eq!(r.apply(1, 9, hb(5), &events), Reply::None);
+        assert_eq!(r.apply(1, 9, hb(6), &events), Reply::AskSnapshot(9));
+        // A hole in the channel: heartbeats keep asking (at most every
+        // ttl / 3: not again yet) until a snapshot is applied.
+        r.mark_gap(9);
+        assert_eq!(r.apply(1, 9, hb(5), &events), Reply::None);
+        // Sync requests for us or all ask for our snapshot.
         let q = |target| Presence::SyncRequest { target };
         assert_eq!(r.apply(1, 9, q(0), &events), Reply::SendSnapshot);
         assert_eq!(r.apply(1, 9, q(1), &events), Reply::SendSnapshot);
@@ -476,18 +578,72 @@ mod tests {
         // Goodbye: everything of 9 leaves.
         assert_eq!(r.apply(1, 9, Presence::Gone, &events), Reply::None);
         assert!(names(&r, "a").is_empty());
-        let mut seen = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            seen.push(match e {
-                PresenceEvent::Joined { member, .. } => format!("+{}", member.client.counter()),
-                PresenceEvent::Left { member, .. } => format!("-{}", member.client.counter()),
-            });
-        }
-        assert_eq!(seen[..6], ["+100", "-100", "+101", "+102", "+104", "+105"]);
-        let mut gone = seen[6..].to_vec();
+        let events = seen(&mut rx);
+        assert_eq!(
+            events[..6],
+            ["+a100", "-a100", "+a101", "+a102", "+a104", "+b105"]
+        );
+        let mut gone = events[6..].to_vec();
         gone.sort();
-        assert_eq!(gone, ["-101", "-102", "-104", "-105"]);
-        assert_eq!(seen.len(), 10);
+        assert_eq!(gone, ["-a101", "-a102", "-a104", "-b105"]);
+    }
+
+    /// A snapshot is read while joins and leaves go on: what a delta
+    /// changed after its room was read survives the merge.
+    #[tokio::test]
+    async fn snapshots_merge_with_newer_deltas() {
+        let r = Replica::new(Duration::from_secs(10));
+        let (events, mut rx) = broadcast::channel(64);
+        r.apply(1, 9, snapshot(0, &[]), &events);
+        // Before the next snapshot arrives: 1 joins a (v11), 2 leaves b
+        // (v12, after b was read with 2 in it at v3), 3 joins c (v13,
+        // after the walk began at 10, c read empty).
+        r.apply(1, 9, join(1, "b", 2), &events);
+        r.apply(1, 9, join(2, "old", 4), &events);
+        r.apply(1, 9, join(11, "a", 1), &events);
+        r.apply(1, 9, leave(12, "b", 2), &events);
+        r.apply(1, 9, join(13, "c", 3), &events);
+        let _ = seen(&mut rx);
+        // The snapshot (walk began at version 10) read a at v5 without 1,
+        // b at v3 with 2, no c, and d at v9; room "old" (v2 here) was gone
+        // by then.
+        let snap = snapshot(10, &[("a", 5, 7), ("b", 3, 2), ("d", 9, 8)]);
+        assert_eq!(r.apply(1, 9, snap, &events), Reply::None);
+        assert_eq!(names(&r, "a"), [1], "a's delta is newer than the read");
+        assert!(names(&r, "b").is_empty(), "the leave is not undone");
+        assert_eq!(names(&r, "c"), [3], "c's join came after the walk began");
+        assert_eq!(names(&r, "d"), [8]);
+        assert!(names(&r, "old").is_empty(), "covered by the snapshot");
+        let mut got = seen(&mut rx);
+        got.sort();
+        assert_eq!(got, ["+d8", "-old4"]);
+        // A later snapshot that has a again at a newer version wins.
+        r.apply(1, 9, snapshot(20, &[("a", 15, 7)]), &events);
+        assert_eq!(names(&r, "a"), [7]);
+        assert!(names(&r, "c").is_empty() && names(&r, "d").is_empty());
+        assert_eq!(r.len(), 1);
+    }
+
+    /// Rooms emptied by a leave are remembered for the TTL only.
+    #[tokio::test(start_paused = true)]
+    async fn emptied_rooms_are_forgotten_after_the_ttl() {
+        let r = Replica::new(Duration::from_secs(1));
+        let (events, _rx) = broadcast::channel(1024);
+        r.apply(1, 9, snapshot(0, &[]), &events);
+        for i in 0..100 {
+            let room = format!("r{i}");
+            r.apply(1, 9, join(2 * i + 1, &room, i), &events);
+            r.apply(1, 9, leave(2 * i + 2, &room, i), &events);
+        }
+        let rooms = |r: &Replica| r.lock().get(&9).map_or(0, |o| o.rooms.len());
+        assert_eq!(rooms(&r), 100);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        let hb = Presence::Heartbeat {
+            version: 200,
+            ttl_ms: 1000,
+        };
+        assert_eq!(r.apply(1, 9, hb, &events), Reply::None);
+        assert_eq!(rooms(&r), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -517,11 +673,12 @@ mod tests {
         let r = Replica::new(Duration::from_secs(10));
         let (events, _rx) = broadcast::channel(64);
         let part = |part, client| Presence::Snapshot {
-            version: 4,
+            since: 4,
             part,
             parts: 2,
             members: vec![(
                 Arc::from("a"),
+                3,
                 ClientId::from_parts(9, client),
                 Bytes::from_static(b"{}"),
             )],

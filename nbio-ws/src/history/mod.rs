@@ -266,17 +266,23 @@ pub enum HistoryError {
     /// The publication could not be serialized or is too large.
     #[error("invalid publication: {0}")]
     Invalid(String),
+    /// [`Client::join_recover`](crate::Client::join_recover) was refused
+    /// by a membership limit, or the client is disconnected.
+    #[error(transparent)]
+    Join(#[from] crate::types::JoinError),
 }
 
 impl From<HistoryError> for crate::RpcError {
     /// An unavailable backend is `-32003` ("History unavailable", retry
-    /// later); the others `-32602`.
+    /// later); a refused join `-32020` (see [`JoinError`](crate::JoinError));
+    /// the others `-32602`.
     fn from(e: HistoryError) -> Self {
         match e {
             HistoryError::Unavailable(detail) => {
                 crate::RpcError::new(-32003, "History unavailable")
                     .with_data(serde_json::json!({ "detail": detail }))
             }
+            HistoryError::Join(e) => e.into(),
             other => crate::RpcError::invalid_params(other),
         }
     }

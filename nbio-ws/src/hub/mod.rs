@@ -38,6 +38,21 @@ use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::types::ClientId;
 
+/// What a hub lets one client hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HubLimits {
+    /// Rooms one client may be in at once.
+    pub max_rooms_per_client: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_rooms_per_client: Client::DEFAULT_MAX_ROOMS_PER_CLIENT,
+        }
+    }
+}
+
 /// The registry of this server's connected clients.
 ///
 /// Cloning a `Hub` is cheap; every clone is the same hub. Handlers get one
@@ -88,6 +103,10 @@ impl Hub {
     }
 
     pub(crate) fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self::with_limits(metrics, HubLimits::default())
+    }
+
+    pub(crate) fn with_limits(metrics: Arc<Metrics>, limits: HubLimits) -> Self {
         // 64 random bits: the process's random hasher keys (from the OS),
         // mixed with the pid and the time.
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -106,7 +125,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             instance_id,
             started: Instant::now(),
-            rooms: rooms::Rooms::default(),
+            rooms: rooms::Rooms::new(limits.max_rooms_per_client),
             broker: std::sync::OnceLock::new(),
         }))
     }
@@ -361,8 +380,8 @@ impl Inbound for HubInner {
         self.rooms.expire_remote();
     }
 
-    fn with_version(&self, f: &mut dyn FnMut(u64)) {
-        self.rooms.with_version(f);
+    fn presence_version(&self) -> u64 {
+        self.rooms.presence_version()
     }
 
     fn snapshot(&self, part_bytes: usize, part: &mut dyn FnMut(u64, SnapshotMembers, u32, u32)) {

@@ -2,16 +2,16 @@
 //! who is in it — on this instance and, with a broker, on all of them.
 //!
 //! ```
-//! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) {
+//! # async fn demo(client: nbio_ws::Client, hub: nbio_ws::Hub) -> Result<(), nbio_ws::JoinError> {
 //! use serde_json::json;
 //!
-//! client.join_with("lobby", json!({"nick": "ada"}));
+//! client.join_with("lobby", json!({"nick": "ada"}))?; // Err past a limit
 //! // Everyone in the lobby but the sender, serialized once:
 //! hub.to("lobby").except(client.id()).notify("chat.message", &json!({"text": "hi"})).ok();
 //! let members = hub.members("lobby").await;
 //! assert!(members.iter().any(|m| m.client == client.id()));
 //! client.leave("lobby");
-//! # }
+//! # Ok(()) }
 //! ```
 //!
 //! Membership lives on the instance the client is connected to and is
@@ -43,14 +43,31 @@
 //!   expiries) too. The model is eventual consistency; see
 //!   [`presence`](crate::cluster::presence) for the protocol and its timings.
 //!
-//! The registry is a sharded map from room name to members, plus, per
-//! client, the list of its rooms (so a disconnect leaves them all without a
-//! scan).
+//! ## Limits
+//!
+//! Rooms per client (`WS_MAX_ROOMS_PER_CLIENT`), room-name length and
+//! presence-data size are checked by [`Rooms::join`] before anything
+//! changes; a refusal is a [`JoinError`] (see the crate docs, "Rooms and
+//! presence", for the defaults and what the caller sees).
+//!
+//! ## Concurrency
+//!
+//! The registry is a sharded map from room name to members (with the
+//! room's presence version), plus, per client, the list of its rooms (so a
+//! disconnect leaves them all without a scan). A join or leave locks one
+//! shard of each: joins, leaves and disconnects of different rooms do not
+//! wait for each other, and a room's presence deltas are numbered and
+//! queued for the broker under its own lock, so they go out in order.
+//! Snapshots for the other instances walk the map one shard at a time,
+//! copying reference-counted names and pre-serialized `meta`; they are cut
+//! into parts and encoded after the walk, outside every lock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -62,23 +79,51 @@ use crate::cluster::presence::{Replica, Reply};
 use crate::cluster::Link;
 use crate::deflate::SharedText;
 use crate::history::{HistoryError, Position, Recovery};
-use crate::jsonrpc;
-use crate::types::{ClientId, Member, PresenceEvent};
+use crate::jsonrpc::{self, RpcError};
+use crate::types::{ClientId, JoinError, Member, PresenceEvent};
 
+impl From<JoinError> for RpcError {
+    fn from(e: JoinError) -> RpcError {
+        let mut data = serde_json::json!({ "reason": e.reason(), "detail": e.to_string() });
+        if let Some(limit) = e.limit() {
+            data["limit"] = limit.into();
+        }
+        RpcError::new(RpcError::JOIN_REFUSED, "Join refused").with_data(data)
+    }
+}
+
+/// One local member.
 struct Entry {
     client: Client,
     meta: serde_json::Value,
+    /// `meta` serialized, as presence entries and snapshots carry it.
+    meta_json: Bytes,
+}
+
+/// The local members of one room.
+#[derive(Default)]
+struct Room {
+    /// The presence version of the room's last join or leave.
+    version: u64,
+    members: HashMap<ClientId, Entry>,
 }
 
 /// The room registry of one hub.
 pub(crate) struct Rooms {
-    rooms: DashMap<Arc<str>, HashMap<ClientId, Entry>>,
+    rooms: DashMap<Arc<str>, Room>,
+    /// Each client's rooms, in the order it joined them. A client's entry
+    /// is locked while it joins, so a disconnect ([`Rooms::leave_all`])
+    /// comes either after the join (and undoes it) or before (and the
+    /// join is refused).
     by_client: DashMap<ClientId, Vec<Arc<str>>>,
     events: broadcast::Sender<PresenceEvent>,
-    /// The presence version: bumped by every local join and leave. The
-    /// lock also serializes membership changes with their publication, so
-    /// versions go out in order and snapshots are consistent.
-    version: Mutex<u64>,
+    /// The last presence version taken: every local join and leave takes
+    /// the next one, under its room's lock.
+    version: AtomicU64,
+    /// The highest version queued for the broker (what heartbeats carry):
+    /// everything up to it is on its way to the other instances.
+    published: AtomicU64,
+    max_rooms_per_client: usize,
     /// The other instances' members.
     remote: Replica,
     /// The sequencers of rooms with history.
@@ -87,14 +132,7 @@ pub(crate) struct Rooms {
 
 impl Default for Rooms {
     fn default() -> Self {
-        Rooms {
-            rooms: DashMap::new(),
-            by_client: DashMap::new(),
-            events: broadcast::channel(1024).0,
-            version: Mutex::new(0),
-            remote: Replica::default(),
-            streams: super::streams::Streams::default(),
-        }
+        Rooms::new(Client::DEFAULT_MAX_ROOMS_PER_CLIENT)
     }
 }
 
@@ -105,60 +143,129 @@ fn meta_json(meta: &serde_json::Value) -> Bytes {
 }
 
 impl Rooms {
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.version.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn new(max_rooms_per_client: usize) -> Rooms {
+        Rooms {
+            rooms: DashMap::new(),
+            by_client: DashMap::new(),
+            events: broadcast::channel(1024).0,
+            version: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            max_rooms_per_client: max_rooms_per_client.max(1),
+            remote: Replica::default(),
+            streams: super::streams::Streams::default(),
+        }
     }
 
-    fn join(&self, hub: &Hub, client: &Client, room: &str, meta: serde_json::Value) -> bool {
-        let link = hub.link();
-        let mut version = self.lock();
-        // A client that disconnected (or was never registered) joins
-        // nothing: its memberships were dropped, or would never be.
-        // `leave_all` takes this lock too, so a join is either before it
-        // (and undone by it) or refused here.
-        if hub.get(client.id()).is_none() {
-            return false;
-        }
-        let name: Arc<str> = match self.rooms.get(room) {
-            Some(e) => Arc::clone(e.key()),
-            None => Arc::from(room),
-        };
-        let (fresh, new_room) = {
-            let mut new_room = false;
-            let mut members = self.rooms.entry(Arc::clone(&name)).or_insert_with(|| {
-                new_room = true;
-                HashMap::new()
-            });
-            let previous = members.insert(
-                client.id(),
-                Entry {
-                    client: client.clone(),
-                    meta: meta.clone(),
-                },
-            );
-            (previous.is_none(), new_room)
-        };
-        if new_room {
-            if let Some(link) = link {
-                link.room_subscribe(&name);
+    /// Takes the next presence version; call with the room locked.
+    fn next_version(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Queues a presence delta for the other instances; call with the
+    /// room locked, right after [`Rooms::next_version`].
+    fn publish(&self, link: Option<&Link>, version: u64, entry: Wire) {
+        if let Some(link) = link {
+            if link.queue(entry) {
+                self.published.fetch_max(version, Ordering::AcqRel);
             }
+        }
+    }
+
+    fn join(
+        &self,
+        hub: &Hub,
+        client: &Client,
+        room: &str,
+        meta: serde_json::Value,
+    ) -> Result<bool, JoinError> {
+        if room.len() > Client::MAX_ROOM_NAME_BYTES {
+            return Err(JoinError::RoomNameTooLong {
+                max: Client::MAX_ROOM_NAME_BYTES,
+            });
+        }
+        let json = meta_json(&meta);
+        if json.len() > Client::MAX_META_BYTES {
+            return Err(JoinError::MetaTooLarge {
+                max: Client::MAX_META_BYTES,
+            });
+        }
+        let id = client.id();
+        let link = hub.link();
+        let mut mine = self.by_client.entry(id).or_default();
+        let refused = if hub.get(id).is_none() {
+            // Disconnected (or never registered): its memberships were
+            // dropped, or would never be.
+            Some(JoinError::Disconnected)
+        } else if !mine.iter().any(|r| &**r == room) && mine.len() >= self.max_rooms_per_client {
+            Some(JoinError::TooManyRooms {
+                limit: self.max_rooms_per_client,
+            })
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            let empty = mine.is_empty();
+            drop(mine);
+            if empty {
+                self.by_client.remove_if(&id, |_, rooms| rooms.is_empty());
+            }
+            return Err(e);
+        }
+        let member = Entry {
+            client: client.clone(),
+            meta,
+            meta_json: json,
+        };
+        // The common case, a room that exists, costs no allocation.
+        let (name, fresh) = match self.rooms.get_mut(room) {
+            Some(mut r) => {
+                let name = Arc::clone(r.key());
+                let fresh = self.add_member(link, &name, &mut r, member);
+                (name, fresh)
+            }
+            None => match self.rooms.entry(Arc::from(room)) {
+                MapEntry::Occupied(mut e) => {
+                    let name = Arc::clone(e.key());
+                    let fresh = self.add_member(link, &name, e.get_mut(), member);
+                    (name, fresh)
+                }
+                MapEntry::Vacant(e) => {
+                    let name = Arc::clone(e.key());
+                    let mut r = e.insert(Room::default());
+                    // Under the room's lock: ordered with the unsubscribe
+                    // of its last leave.
+                    if let Some(link) = link {
+                        link.room_subscribe(&name);
+                    }
+                    let fresh = self.add_member(link, &name, &mut r, member);
+                    (name, fresh)
+                }
+            },
+        };
+        if fresh {
+            mine.push(name);
+        }
+        Ok(fresh)
+    }
+
+    /// Adds (or updates) a member of a locked room; whether it is new.
+    fn add_member(&self, link: Option<&Link>, name: &Arc<str>, room: &mut Room, e: Entry) -> bool {
+        let id = e.client.id();
+        let json = e.meta_json.clone();
+        let meta = e.meta.clone();
+        let previous = room.members.insert(id, e);
+        let fresh = previous.is_none();
+        // A repeated join with other data tells the other instances (no
+        // event: the member did not change).
+        if fresh || previous.is_some_and(|p| p.meta_json != json) {
+            let version = self.next_version();
+            room.version = version;
+            self.publish(link, version, Wire::presence_join(version, name, id, json));
         }
         if fresh {
-            *version += 1;
-            self.by_client
-                .entry(client.id())
-                .or_default()
-                .push(Arc::clone(&name));
-            if let Some(link) = link {
-                link.queue(Wire::presence_join(*version, &name, client.id(), &meta));
-            }
-            // A repeated join only updates the member's data: no event.
             let _ = self.events.send(PresenceEvent::Joined {
-                room: room.to_owned(),
-                member: Member {
-                    client: client.id(),
-                    meta,
-                },
+                room: name.to_string(),
+                member: Member { client: id, meta },
                 remote: false,
             });
         }
@@ -166,58 +273,57 @@ impl Rooms {
     }
 
     fn leave(&self, link: Option<&Link>, id: ClientId, room: &str) -> bool {
-        let mut version = self.lock();
-        let removed = self.remove_member(link, &mut version, id, room);
-        if removed {
-            if let Some(mut rooms) = self.by_client.get_mut(&id) {
-                rooms.retain(|r| &**r != room);
-            }
+        let Some(mut mine) = self.by_client.get_mut(&id) else {
+            return false;
+        };
+        let Some(at) = mine.iter().position(|r| &**r == room) else {
+            return false;
+        };
+        let name = mine.remove(at);
+        let removed = self.remove_member(link, id, name);
+        let empty = mine.is_empty();
+        drop(mine);
+        if empty {
             self.by_client.remove_if(&id, |_, rooms| rooms.is_empty());
         }
         removed
     }
 
-    fn remove_member(
-        &self,
-        link: Option<&Link>,
-        version: &mut u64,
-        id: ClientId,
-        room: &str,
-    ) -> bool {
-        let entry = match self.rooms.get_mut(room) {
-            Some(mut members) => members.remove(&id),
-            None => None,
-        };
-        if let Some((name, _)) = self.rooms.remove_if(room, |_, members| members.is_empty()) {
-            self.streams.forget(&name);
-            if let Some(link) = link {
-                link.room_unsubscribe(&name);
-            }
-        }
-        let Some(e) = entry else {
+    /// Removes a member under its room's lock (and the room, and its
+    /// subscription, with the last one).
+    fn remove_member(&self, link: Option<&Link>, id: ClientId, name: Arc<str>) -> bool {
+        let MapEntry::Occupied(mut e) = self.rooms.entry(name) else {
             return false;
         };
-        *version += 1;
-        if let Some(link) = link {
-            link.queue(Wire::presence_leave(*version, room, id));
-        }
+        let Some(gone) = e.get_mut().members.remove(&id) else {
+            return false;
+        };
+        let version = self.next_version();
+        e.get_mut().version = version;
+        self.publish(link, version, Wire::presence_leave(version, e.key(), id));
         let _ = self.events.send(PresenceEvent::Left {
-            room: room.to_owned(),
+            room: e.key().to_string(),
             member: Member {
                 client: id,
-                meta: e.meta,
+                meta: gone.meta,
             },
             remote: false,
         });
+        if e.get().members.is_empty() {
+            self.streams.forget(e.key());
+            if let Some(link) = link {
+                link.room_unsubscribe(e.key());
+            }
+            e.remove();
+        }
         true
     }
 
     /// Drops every membership of a client (on disconnect).
     pub(crate) fn leave_all(&self, link: Option<&Link>, id: ClientId) {
-        let mut version = self.lock();
         if let Some((_, rooms)) = self.by_client.remove(&id) {
             for room in rooms {
-                self.remove_member(link, &mut version, id, &room);
+                self.remove_member(link, id, room);
             }
         }
     }
@@ -233,8 +339,9 @@ impl Rooms {
         let mut out: Vec<Member> = self
             .rooms
             .get(room)
-            .map(|m| {
-                m.iter()
+            .map(|r| {
+                r.members
+                    .iter()
                     .map(|(id, e)| Member {
                         client: *id,
                         meta: e.meta.clone(),
@@ -250,11 +357,11 @@ impl Rooms {
 
     /// Queues an encoded message for the local members of `room`.
     pub(crate) fn send(&self, room: &str, except: Option<ClientId>, bytes: &Bytes) -> usize {
-        let Some(members) = self.rooms.get(room) else {
+        let Some(r) = self.rooms.get(room) else {
             return 0;
         };
         let shared = Arc::new(SharedText::new(bytes.clone()));
-        members
+        r.members
             .iter()
             .filter(|(id, _)| Some(**id) != except)
             .filter(|(_, e)| e.client.send(Outbound::Shared(Arc::clone(&shared))).is_ok())
@@ -265,7 +372,7 @@ impl Rooms {
     pub(crate) fn local_members(&self, room: &str) -> Vec<Client> {
         self.rooms
             .get(room)
-            .map(|m| m.values().map(|e| e.client.clone()).collect())
+            .map(|r| r.members.values().map(|e| e.client.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -274,57 +381,55 @@ impl Rooms {
         self.rooms.len()
     }
 
-    /// Calls `f` with the current presence version while no membership
-    /// can change (so that a heartbeat is queued in order with the
-    /// changes).
-    pub(crate) fn with_version(&self, f: &mut dyn FnMut(u64)) {
-        f(*self.lock())
+    /// The highest presence version queued for the other instances.
+    pub(crate) fn presence_version(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
-    /// Calls `f` for every room that has local members, while no
-    /// membership can change.
+    /// Calls `f` for every room that has local members, with the room's
+    /// shard locked (so that a subscription made by `f` is ordered with
+    /// the unsubscribe of the room's last leave).
     pub(crate) fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>)) {
-        let _version = self.lock();
-        let names: Vec<Arc<str>> = self.rooms.iter().map(|e| Arc::clone(e.key())).collect();
-        for name in &names {
-            f(name);
+        for room in self.rooms.iter() {
+            f(room.key());
         }
     }
 
     /// Hands this instance's memberships to `part`, in parts of about
-    /// `part_bytes` (`part(version, members, index, count)`), with the
-    /// version they reflect; membership changes wait meanwhile, so the parts
-    /// are queued before any later join or leave.
+    /// `part_bytes` (`part(since, members, index, count)`): `since` is
+    /// the presence version before the walk, each member carries its
+    /// room's version. The walk locks one shard at a time and copies
+    /// reference-counted data only; `part` runs after it, outside every
+    /// lock, so joins and leaves go on meanwhile.
     pub(crate) fn snapshot(
         &self,
         part_bytes: usize,
         part: &mut dyn FnMut(u64, SnapshotMembers, u32, u32),
     ) {
-        let version = self.lock();
+        let since = self.version.load(Ordering::Acquire);
         let mut parts = vec![Vec::new()];
         let mut bytes = 0;
         for room in self.rooms.iter() {
-            for (id, e) in room.value() {
-                let meta = meta_json(&e.meta);
-                let size = 24 + room.key().len() + meta.len();
+            for (id, e) in &room.members {
+                let size = Wire::snapshot_member_len(room.key(), &e.meta_json);
                 if bytes + size > part_bytes && bytes > 0 {
                     parts.push(Vec::new());
                     bytes = 0;
                 }
                 bytes += size;
                 if let Some(last) = parts.last_mut() {
-                    last.push((Arc::clone(room.key()), *id, meta));
+                    last.push((
+                        Arc::clone(room.key()),
+                        room.version,
+                        *id,
+                        e.meta_json.clone(),
+                    ));
                 }
             }
         }
         let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
         for (i, members) in parts.into_iter().enumerate() {
-            part(
-                *version,
-                members,
-                u32::try_from(i).unwrap_or(u32::MAX),
-                count,
-            );
+            part(since, members, u32::try_from(i).unwrap_or(u32::MAX), count);
         }
     }
 
@@ -355,26 +460,51 @@ impl Rooms {
 }
 
 impl Client {
-    /// Joins `room` (no presence data). Returns `false` if the client was
-    /// already a member.
-    pub fn join(&self, room: &str) -> bool {
+    /// The longest room name [`Client::join`] accepts, in bytes of UTF-8.
+    pub const MAX_ROOM_NAME_BYTES: usize = 256;
+    /// The largest presence data [`Client::join_with`] accepts, in bytes
+    /// of serialized JSON (4 KiB).
+    pub const MAX_META_BYTES: usize = 4096;
+    /// The default of `WS_MAX_ROOMS_PER_CLIENT`: how many rooms one client
+    /// may be in at once.
+    pub const DEFAULT_MAX_ROOMS_PER_CLIENT: usize = 100;
+
+    /// Joins `room` (no presence data). `Ok(false)` if the client was
+    /// already a member. See [`Client::join_with`] for the errors.
+    ///
+    /// ```
+    /// use nbio_ws::{rpc_method, Client, Params, RpcError};
+    ///
+    /// #[rpc_method("room.join")]
+    /// fn join(client: Client, Params((room,)): Params<(String,)>) -> Result<bool, RpcError> {
+    ///     // A refused join is the JSON-RPC error -32020 for the caller.
+    ///     Ok(client.join(&room)?)
+    /// }
+    /// ```
+    pub fn join(&self, room: &str) -> Result<bool, JoinError> {
         self.join_with(room, serde_json::Value::Null)
     }
 
     /// Joins `room` with presence data (`meta`, e.g. `{"nick": "ada"}`),
-    /// which [`Hub::members`] reports. Joining again updates the data
-    /// without a new [`PresenceEvent::Joined`] (and, with a broker, without
-    /// telling the other instances: their view keeps the first `meta`
-    /// until the next snapshot).
+    /// which [`Hub::members`] reports. `Ok(false)` if the client was
+    /// already a member: joining again updates the data, without a new
+    /// [`PresenceEvent::Joined`] (with a broker the other instances get
+    /// the new data too).
+    ///
+    /// Refused, with the memberships unchanged, when the client is in
+    /// the most rooms it may be in ([`JoinError::TooManyRooms`]), the name
+    /// is longer than [`Client::MAX_ROOM_NAME_BYTES`], `meta` serializes
+    /// to more than [`Client::MAX_META_BYTES`], or the client is
+    /// disconnected ([`JoinError::Disconnected`]).
     ///
     /// With a broker, the first local member of a room makes this instance
     /// subscribe to the room's channel; await [`Hub::room_ready`] before
     /// telling the client it is in (so that it gets every message sent
     /// from other instances after that).
-    pub fn join_with(&self, room: &str, meta: serde_json::Value) -> bool {
+    pub fn join_with(&self, room: &str, meta: serde_json::Value) -> Result<bool, JoinError> {
         match self.hub() {
             Some(hub) => hub.0.rooms.join(&hub, self, room, meta),
-            None => false,
+            None => Err(JoinError::Disconnected),
         }
     }
 
@@ -386,7 +516,7 @@ impl Client {
         }
     }
 
-    /// The rooms this client is in.
+    /// The rooms this client is in, in the order it joined them.
     pub fn rooms(&self) -> Vec<String> {
         self.hub()
             .map(|hub| hub.0.rooms.rooms_of(self.id()))
@@ -426,7 +556,7 @@ impl Client {
         since: Option<Position>,
     ) -> Result<Recovery, HistoryError> {
         let Some(hub) = self.hub() else {
-            return Err(HistoryError::Invalid("the client is disconnected".into()));
+            return Err(JoinError::Disconnected.into());
         };
         let streams = &hub.0.rooms.streams;
         let (Some(store), Some(policy), Some(cfg)) = (
@@ -441,9 +571,9 @@ impl Client {
         // client gets live exactly those after the state read here.
         let (joined, state) =
             streams.with_stream_locked(room, || hub.0.rooms.join(&hub, self, room, meta));
-        if !joined && !self.in_room(room) {
-            return Err(HistoryError::Invalid("the client is disconnected".into()));
-        }
+        // A join past a membership limit (or after the disconnect): the
+        // same typed refusal as `join_with`.
+        joined?;
         hub.room_ready(room).await;
         let (epoch, top) = match state {
             Some(s) => s,
@@ -503,7 +633,7 @@ impl Client {
                 .rooms
                 .rooms
                 .get(room)
-                .is_some_and(|m| m.contains_key(&self.id()))
+                .is_some_and(|r| r.members.contains_key(&self.id()))
         })
     }
 }
@@ -697,10 +827,10 @@ mod tests {
         let hub = Hub::new();
         let mut events = hub.presence_events();
         let (a, b, c) = (client(&hub), client(&hub), client(&hub));
-        assert!(a.join_with("r", serde_json::json!({"nick": "a"})));
-        assert!(!a.join("r"));
-        assert!(b.join("r"));
-        assert!(c.join("other"));
+        assert_eq!(a.join_with("r", serde_json::json!({"nick": "a"})), Ok(true));
+        assert_eq!(a.join("r"), Ok(false));
+        assert_eq!(b.join("r"), Ok(true));
+        assert_eq!(c.join("other"), Ok(true));
         assert_eq!(hub.to("r").notify("m", &1).unwrap(), 2);
         assert_eq!(hub.to("r").except(a.id()).notify("m", &1).unwrap(), 1);
         assert_eq!(hub.members("r").await.len(), 2);
@@ -726,14 +856,15 @@ mod tests {
     async fn a_disconnected_client_joins_nothing() {
         let hub = Hub::new();
         let a = client(&hub);
-        assert!(a.join("r"));
+        assert_eq!(a.join("r"), Ok(true));
         hub.unregister(a.id());
         assert!(hub.members("r").await.is_empty());
         // A handler still running after the disconnect cannot leave a
         // ghost member behind.
-        assert!(!a.join("r"));
+        assert_eq!(a.join("r"), Err(JoinError::Disconnected));
         assert!(hub.members("r").await.is_empty());
         assert_eq!(hub.room_count(), 0);
+        assert!(hub.0.rooms.by_client.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -746,8 +877,87 @@ mod tests {
         );
         let a = client(&hub);
         let joined = std::thread::spawn(move || a.join("r")).join();
-        assert!(matches!(joined, Ok(true)), "no panic, joined");
+        assert!(matches!(joined, Ok(Ok(true))), "no panic, joined");
         assert_eq!(hub.members("r").await.len(), 1);
         assert_eq!(hub.link().map(|l| l.room_subscriptions()), Some(1));
+    }
+
+    #[tokio::test]
+    async fn membership_limits_refuse_and_change_nothing() {
+        let hub = Hub::with_limits(
+            Arc::new(crate::metrics::Metrics::default()),
+            super::super::HubLimits {
+                max_rooms_per_client: 3,
+            },
+        );
+        let a = client(&hub);
+        for r in ["r0", "r1", "r2"] {
+            assert_eq!(a.join(r), Ok(true));
+        }
+        assert_eq!(a.join("r3"), Err(JoinError::TooManyRooms { limit: 3 }));
+        // Joining a room it is in is not one more room.
+        assert_eq!(a.join_with("r1", serde_json::json!({"n": 1})), Ok(false));
+        let long = "x".repeat(Client::MAX_ROOM_NAME_BYTES + 1);
+        assert!(a.leave("r2"));
+        assert_eq!(
+            a.join(&long),
+            Err(JoinError::RoomNameTooLong {
+                max: Client::MAX_ROOM_NAME_BYTES
+            })
+        );
+        let meta = serde_json::json!({ "blob": "y".repeat(Client::MAX_META_BYTES) });
+        assert_eq!(
+            a.join_with("r2", meta),
+            Err(JoinError::MetaTooLarge {
+                max: Client::MAX_META_BYTES
+            })
+        );
+        assert_eq!(a.rooms(), ["r0", "r1"]);
+        assert_eq!(hub.room_count(), 2);
+        // Right at the limits is fine.
+        let name = "é".repeat(Client::MAX_ROOM_NAME_BYTES / 2);
+        assert_eq!(a.join(&name), Ok(true));
+        let e = RpcError::from(JoinError::MetaTooLarge { max: 4096 });
+        assert_eq!(e.code, -32020);
+        assert_eq!(e.data.unwrap()["reason"], "meta_too_large");
+    }
+
+    /// Joins, leaves and disconnects from several threads at once, on
+    /// overlapping rooms: what is left is exactly what each client did
+    /// last, and the per-client lists agree with the rooms.
+    #[test]
+    fn concurrent_joins_and_leaves_stay_consistent() {
+        let hub = Hub::new();
+        let clients: Vec<Client> = (0..8).map(|_| client(&hub)).collect();
+        std::thread::scope(|s| {
+            for (t, c) in clients.iter().enumerate() {
+                s.spawn(move || {
+                    for i in 0..2000 {
+                        let room = format!("r{}", (i * 7 + t) % 13);
+                        if i % 3 == 2 {
+                            c.leave(&room);
+                        } else {
+                            let _ = c.join(&room);
+                        }
+                    }
+                });
+            }
+        });
+        let mut total = 0;
+        for c in &clients {
+            for room in c.rooms() {
+                assert!(c.in_room(&room));
+                total += 1;
+            }
+        }
+        let in_rooms: usize = hub.0.rooms.rooms.iter().map(|r| r.members.len()).sum();
+        assert_eq!(in_rooms, total);
+        assert!(hub.0.rooms.rooms.iter().all(|r| !r.members.is_empty()));
+        for c in &clients[..4] {
+            hub.unregister(c.id());
+        }
+        let in_rooms: usize = hub.0.rooms.rooms.iter().map(|r| r.members.len()).sum();
+        let left: usize = clients[4..].iter().map(|c| c.rooms().len()).sum();
+        assert_eq!(in_rooms, left);
     }
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::history::{HistoryPolicy, HistoryStore};
 use crate::http::gate::Gate;
 use crate::http::WsEndpoint;
-use crate::hub::{Client, Hub};
+use crate::hub::{Client, Hub, HubLimits};
 use crate::limits::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::router::{registered_methods, ErasedHandler, Handler, RequestLimits, Router, StateMap};
@@ -208,6 +208,15 @@ impl ServerBuilder {
     /// 256). A client whose queue is full is closed with 1008.
     pub fn send_buffer(self, messages: usize) -> Self {
         self.set(move |c| c.send_buffer = messages)
+    }
+
+    /// How many rooms one client may be in at once
+    /// (`WS_MAX_ROOMS_PER_CLIENT`, default 100). A join past it is refused
+    /// with [`JoinError::TooManyRooms`](crate::JoinError::TooManyRooms),
+    /// which a handler turns into the JSON-RPC error `-32020`; see
+    /// [rooms and presence](crate#rooms-and-presence).
+    pub fn max_rooms_per_client(self, rooms: usize) -> Self {
+        self.set(move |c| c.max_rooms_per_client = rooms)
     }
 
     /// How often each client is pinged (default 10 s).
@@ -637,6 +646,7 @@ impl ServerBuilder {
             ("max_concurrent_requests", cfg.max_concurrent_requests),
             ("max_batch", cfg.max_batch),
             ("max_response_size", cfg.max_response_size),
+            ("max_rooms_per_client", cfg.max_rooms_per_client),
         ] {
             if v == 0 {
                 return Err(BuildError::Zero(name));
@@ -715,7 +725,12 @@ impl ServerBuilder {
         };
 
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::with_metrics(Arc::clone(&metrics));
+        let hub = Hub::with_limits(
+            Arc::clone(&metrics),
+            HubLimits {
+                max_rooms_per_client: cfg.max_rooms_per_client,
+            },
+        );
         if let Some(b) = broker {
             hub.attach_broker(b, &cfg.pubsub.channel, cfg.pubsub.presence_ttl);
         }

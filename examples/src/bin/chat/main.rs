@@ -166,7 +166,9 @@ async fn join(client: Client, hub: Hub, Params(p): Params<JoinParams>) -> Result
     // `chat.joined` for the others.
     let fresh = !client.in_room(&p.room);
     // Joins (with the broker: once subscribed, so that every later message
-    // from any instance reaches this client) and reads what was missed.
+    // from any instance reaches this client) and reads what was missed. A
+    // join past a membership limit (100 rooms, by default) is the error
+    // -32020, which the page shows.
     let recovery: Recovery = client
         .join_recover(&p.room, json!({ "nick": p.nick }), p.since)
         .await?;
