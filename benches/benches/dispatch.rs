@@ -2,8 +2,8 @@
 //!
 //! * `nbio-ws/…`: the framework's router, driven through the
 //!   `nbio_ws::__bench::RpcFixture` hook (a built server plus one fake
-//!   client); the handler is the one of `examples/src/bin/server.rs`
-//!   (`#[rpc_method("self.reply")]`, typed params, typed result).
+//!   client); the handler is the one `examples/src/bin/server.rs` serves
+//!   (`nbio_ws_examples::seed::self_reply`: typed params, typed result).
 //! * `bare/…`: the same work in the baseline server
 //!   (`nbio_ws_benches::baseline::handle_message`).
 //!
@@ -14,56 +14,14 @@
 //! CARGO_TARGET_DIR=/work/target-benches cargo bench -p nbio-ws-benches --bench dispatch
 //! ```
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nbio_ws::{rpc_method, Hub, Params, RpcError, Server};
+use nbio_ws::Server;
 use nbio_ws_benches::baseline;
-use serde::{Deserialize, Serialize};
-
-/// Params of both methods (as in the example server).
-#[derive(Deserialize)]
-struct TextParams {
-    text: String,
-}
-
-#[derive(Serialize)]
-struct Reply {
-    echo: String,
-    text_length: usize,
-}
-
-#[derive(Serialize)]
-struct Broadcasted {
-    status: &'static str,
-    text_length: usize,
-}
-
-#[derive(Serialize)]
-struct BroadcastNotification<'a> {
-    text: &'a str,
-}
-
-/// Echoes the text back to the caller only.
-#[rpc_method("self.reply")]
-fn self_reply(Params(p): Params<TextParams>) -> Reply {
-    Reply {
-        text_length: p.text.len(),
-        echo: p.text,
-    }
-}
-
-/// Sends the text to every connected client (here: nobody).
-#[rpc_method("broadcast")]
-fn broadcast(hub: Hub, Params(p): Params<TextParams>) -> Result<Broadcasted, RpcError> {
-    hub.broadcast("broadcast", &BroadcastNotification { text: &p.text })
-        .map_err(RpcError::internal)?;
-    Ok(Broadcasted {
-        status: "broadcasted",
-        text_length: p.text.len(),
-    })
-}
+use nbio_ws_testkit::seed;
 
 fn request(text_size: usize, id: u64) -> String {
     format!(
@@ -73,12 +31,9 @@ fn request(text_size: usize, id: u64) -> String {
 }
 
 fn bench_dispatch(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let _guard = rt.enter();
-    let fixture = nbio_ws::__bench::RpcFixture::new(Server::builder());
+    let fixture = nbio_ws::__bench::RpcFixture::new(seed::methods(Server::builder()));
     let registry = baseline::Registry::new();
 
     let mut group = c.benchmark_group("dispatch_self_reply");
@@ -118,9 +73,7 @@ fn bench_dispatch(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = common::config();
     targets = bench_dispatch
 }
 criterion_main!(benches);

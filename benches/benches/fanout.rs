@@ -15,27 +15,21 @@
 //! CARGO_TARGET_DIR=/work/target-benches cargo bench -p nbio-ws-benches --bench fanout
 //! ```
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nbio_ws_benches::baseline::{self, Out};
-use serde::Serialize;
+use nbio_ws_testkit::seed::BroadcastNotification;
 use tokio::sync::mpsc;
 
 const CLIENTS: usize = 10_000;
 /// Per-client queue capacity (both sides); drained after every broadcast.
 const QUEUE: usize = 64;
 
-#[derive(Serialize)]
-struct BroadcastNotification<'a> {
-    text: &'a str,
-}
-
 fn bench_fanout(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let _guard = rt.enter();
     let text = nbio_ws_benches::filler_text(64);
 
@@ -99,9 +93,7 @@ fn bench_fanout(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = common::config();
     targets = bench_fanout
 }
 criterion_main!(benches);

@@ -20,6 +20,8 @@
 //! CARGO_TARGET_DIR=/work/target-benches cargo bench -p nbio-ws-benches --bench rooms
 //! ```
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,15 +33,8 @@ const CLIENTS: usize = 10_000;
 const MEMBERS: usize = 1_000;
 const QUEUE: usize = 64;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn bench_rooms(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let _guard = rt.enter();
     let text = nbio_ws_benches::filler_text(64);
     let mut hub = nbio_ws::__bench::HubFixture::new(CLIENTS, QUEUE);
@@ -108,7 +103,7 @@ fn two_threads(joiners: &[nbio_ws::Client; 2], rooms: &[Vec<String>; 2], iters: 
 }
 
 fn bench_concurrent(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let _guard = rt.enter();
     let mut hub = nbio_ws::__bench::HubFixture::new(MEMBERS + 2, QUEUE);
     for (i, client) in hub.clients.iter().take(MEMBERS).enumerate() {

@@ -3,27 +3,28 @@
 //! baseline speaks the wire format and that the scenarios count correctly.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nbio_ws_benches::ws::WsTarget;
 use nbio_ws_benches::{fanout, idle, reply};
+use nbio_ws_testkit::Proc;
 
 /// The `bare` server, killed on drop.
 struct Bare {
-    child: Child,
+    proc: Proc,
     url: String,
 }
 
 impl Bare {
     fn start() -> Bare {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bare"))
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("bare starts");
+        let mut proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_bare"))
+                .args(["--host", "127.0.0.1", "--port", "0"])
+                .stdout(Stdio::piped()),
+        );
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(proc.child().stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         let url = line
@@ -31,18 +32,11 @@ impl Bare {
             .strip_prefix("bare listening on ")
             .expect("banner")
             .to_string();
-        Bare { child, url }
+        Bare { proc, url }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Bare {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.pid()
     }
 }
 

@@ -2,141 +2,52 @@
 //! the environment, talked to with a real WebSocket client, stopped with
 //! SIGTERM.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use futures_util::{SinkExt, StreamExt};
+use nbio_ws_testkit::process::{command, run_to_exit, ServerProcess};
+use nbio_ws_testkit::{free_port, http_request, loopback, Proc, WsClient, TIMEOUT};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-mod common;
-
-use common::{free_port, Proc};
-
-async fn wait_http(port: u16, path: &str) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            let (status, _) = get(port, path).await;
-            if status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server on port {port} did not come up");
-}
-
-async fn get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Sends SIGTERM, as a service manager would.
-fn sigterm(child: &Child) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
-async fn next_text(
-    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
-) -> String {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn seed_server_wire_format_and_sigterm() {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .env("WS_PORT", port.to_string())
-        .env("WS_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
-    wait_http(port, "/health").await;
+    let mut server = ServerProcess::start(env!("CARGO_BIN_EXE_server"), &[]).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
 
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let (mut a, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    let (mut b, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-
-    a.send(Message::text(
+    a.send_text(
         r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"Reply only to me!"},"id":2}"#,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     assert_eq!(
-        next_text(&mut a).await,
+        a.recv_text().await,
         r#"{"jsonrpc":"2.0","result":{"echo":"Reply only to me!","text_length":17},"id":2}"#
     );
 
-    a.send(Message::text(r#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"Message to everyone! ✓"},"id":1}"#))
-        .await
-        .unwrap();
+    a.send_text(r#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"Message to everyone! ✓"},"id":1}"#)
+        .await;
     let note =
         r#"{"jsonrpc":"2.0","method":"broadcast","params":{"text":"Message to everyone! ✓"}}"#;
     let result = r#"{"jsonrpc":"2.0","result":{"status":"broadcasted","text_length":24},"id":1}"#;
-    let mut got = vec![next_text(&mut a).await, next_text(&mut a).await];
+    let mut got = vec![a.recv_text().await, a.recv_text().await];
     got.sort();
     let mut want = vec![note.to_string(), result.to_string()];
     want.sort();
     assert_eq!(got, want);
-    assert_eq!(next_text(&mut b).await, note);
+    assert_eq!(b.recv_text().await, note);
 
-    let (status, body) = get(port, "/health").await;
+    let (status, _, body) = server.get("/health").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"connected_clients\":2"), "{body}");
 
     // SIGTERM: clients get 1001, the process exits 0.
-    sigterm(&proc.0);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), a.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(Some(f)))) => {
-                assert_eq!(u16::from(f.code), 1001);
-                break;
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
+    server.proc.terminate();
+    assert_eq!(a.expect_close().await, 1001);
     drop(a);
     drop(b);
-    let status = tokio::task::spawn_blocking(move || proc.0.wait())
+    let status = tokio::task::spawn_blocking(move || server.proc.wait())
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
@@ -148,34 +59,20 @@ fn bad_variables_stop_startup_with_a_message_naming_them() {
         ("WS_PING_INTERVAL", "often"),
         ("WS_LOG_FORMAT", "xml"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_server"))
-            .env(var, value)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{var}={value}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = run_to_exit(env!("CARGO_BIN_EXE_server"), &[(var, value)]);
+        assert_eq!(code, Some(2), "{var}={value}");
         assert!(err.contains(var) && err.contains(value), "{var}: {err}");
     }
 }
 
 #[tokio::test]
 async fn echo_example_on_root_path() {
-    let port = free_port();
-    let _proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_echo"))
-            .env("WS_PORT", port.to_string())
-            .env("WS_LOG_LEVEL", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    wait_http(port, "/health").await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))
-        .await
-        .unwrap();
-    ws.send(Message::text("not json at all")).await.unwrap();
-    assert_eq!(next_text(&mut ws).await, "not json at all");
-    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+    let server = ServerProcess::start(env!("CARGO_BIN_EXE_echo"), &[]).await;
+    let mut ws = WsClient::connect(&server.url("/")).await;
+    ws.send_text("not json at all").await;
+    assert_eq!(ws.recv_text().await, "not json at all");
+    ws.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    match tokio::time::timeout(TIMEOUT, ws.ws.next())
         .await
         .unwrap()
         .unwrap()
@@ -189,26 +86,16 @@ async fn echo_example_on_root_path() {
 #[tokio::test]
 async fn embed_example_serves_axum_routes_and_the_endpoint() {
     let port = free_port();
-    let _proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_embed"))
-            .env("PORT", port.to_string())
-            .env("WS_LOG_LEVEL", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    wait_http(port, "/").await;
-    let (status, body) = get(port, "/").await;
+    let mut cmd = command(env!("CARGO_BIN_EXE_embed"), port);
+    cmd.env("PORT", port.to_string());
+    let server = ServerProcess::spawn(&mut cmd, port, "/").await;
+    let (status, _, body) = server.get("/").await;
     assert_eq!(status, 200);
     assert!(body.contains("ordinary axum route"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-        .await
-        .unwrap();
-    ws.send(Message::text(
-        r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#,
-    ))
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let mut ws = server.client().await;
+    ws.send_text(r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#)
+        .await;
+    let v = ws.recv_json().await;
     assert!(
         v["result"]
             .as_str()
@@ -217,35 +104,22 @@ async fn embed_example_serves_axum_routes_and_the_endpoint() {
             .is_ok(),
         "{v}"
     );
-    let (_, clients) = get(port, "/clients").await;
+    let (_, _, clients) = server.get("/clients").await;
     assert_eq!(clients.trim(), "1");
 }
 
 /// A raw upgrade request; returns the response head.
-async fn upgrade_head(port: u16, target: &str, extra: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn upgrade_head(server: &ServerProcess, target: &str, extra: &str) -> String {
+    nbio_ws_testkit::upgrade_request(server.addr(), target, extra)
         .await
-        .unwrap();
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 2048];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).to_string()
+        .1
 }
 
 #[tokio::test]
 async fn seed_server_honours_the_security_variables() {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .env("WS_PORT", port.to_string())
-        .env("WS_LOG_LEVEL", "trace")
+    let mut cmd = command(env!("CARGO_BIN_EXE_server"), port);
+    cmd.env("WS_LOG_LEVEL", "trace")
         .env("WS_AUTH_ENABLED", "true")
         .env("WS_BEARER_TOKENS", "alice:s3cret-example-token")
         .env("WS_ALLOWED_ORIGINS", "http://localhost:3000")
@@ -256,10 +130,8 @@ async fn seed_server_honours_the_security_variables() {
         .env("WS_RATE_LIMIT_BURST", "2")
         .env("WS_RATE_LIMIT_CLOSE_AFTER", "3")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
+        .stderr(Stdio::piped());
+    let mut proc = nbio_ws_testkit::Proc::spawn(&mut cmd);
     // Drain the logs from the start: a full pipe would block the server.
     let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -271,37 +143,35 @@ async fn seed_server_honours_the_security_variables() {
         })
     };
     use std::io::Read;
-    let out = drain(proc.0.stdout.take().map(|r| Box::new(r) as _));
-    let err = drain(proc.0.stderr.take().map(|r| Box::new(r) as _));
-    wait_http(port, "/health").await;
+    let out = drain(proc.child().stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(proc.child().stderr.take().map(|r| Box::new(r) as _));
+    let mut server = ServerProcess::new(proc, port);
+    server.wait_ready("/health").await;
 
-    let head = upgrade_head(port, "/ws", "").await;
+    let head = upgrade_head(&server, "/ws", "").await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(head.contains("www-authenticate: Bearer"), "{head}");
     let head = upgrade_head(
-        port,
+        &server,
         "/ws?token=s3cret-example-token",
         "Origin: https://evil.example\r\n",
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 
-    let url = format!("ws://127.0.0.1:{port}/ws?token=s3cret-example-token");
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let mut ws = WsClient::connect(&server.url("/ws?token=s3cret-example-token")).await;
     // One connection per address.
-    let head = upgrade_head(port, "/ws?token=s3cret-example-token", "").await;
+    let head = upgrade_head(&server, "/ws?token=s3cret-example-token", "").await;
     assert!(head.starts_with("HTTP/1.1 429"), "{head}");
 
     // A burst of 2, then the rate limit, then 1008 after 3 in a row.
     let mut replies = Vec::new();
     for id in 1..=5 {
-        ws.send(Message::text(format!(
+        ws.send_text(&format!(
             r#"{{"jsonrpc":"2.0","method":"self.reply","params":{{"text":"hi"}},"id":{id}}}"#
-        )))
-        .await
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-        replies.push(v);
+        ))
+        .await;
+        replies.push(ws.recv_json().await);
     }
     assert_eq!(replies[0]["result"]["echo"], "hi");
     assert_eq!(replies[1]["result"]["echo"], "hi");
@@ -309,22 +179,10 @@ async fn seed_server_honours_the_security_variables() {
         assert_eq!(r["error"]["code"], -32029, "{r}");
         assert_eq!(r["id"], i + 3, "{r}");
     }
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(Some(f)))) => {
-                assert_eq!(u16::from(f.code), 1008);
-                break;
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
+    assert_eq!(ws.expect_close().await, 1008);
 
     // The token never reached the logs, even at trace level.
-    drop(proc);
+    drop(server);
     let logs = format!("{}{}", out.join().unwrap(), err.join().unwrap());
     assert!(logs.contains("upgrade refused"), "{logs}");
     assert!(!logs.contains("s3cret"), "{logs}");
@@ -346,13 +204,8 @@ fn bad_security_variables_stop_startup() {
         (&[("WS_MAX_HEADER_SIZE", "100")][..], "WS_MAX_HEADER_SIZE"),
         (&[("WS_TLS_ENABLED", "true")][..], "WS_TLS_"),
     ] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{vars:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = run_to_exit(env!("CARGO_BIN_EXE_server"), vars);
+        assert_eq!(code, Some(2), "{vars:?}");
         assert!(err.contains(named), "{vars:?}: {err}");
     }
 }
@@ -366,30 +219,16 @@ fn bad_security_variables_stop_startup() {
 /// records what was measured).
 const PEAK_RSS_BOUND_KIB: u64 = 32 * 1024;
 
+/// The example server on `port`, its stderr discarded.
 fn server(port: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-    cmd.env("WS_HOST", "127.0.0.1")
-        .env("WS_PORT", port.to_string())
-        .env("WS_LOG_LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = command(env!("CARGO_BIN_EXE_server"), port);
+    cmd.stderr(Stdio::null());
     cmd
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(port: u16) -> Ws {
-    tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-        .await
-        .unwrap()
-        .0
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws).await).unwrap()
+/// Spawns `cmd` (a server on `port`) and waits for its `/health`.
+async fn spawn(cmd: &mut Command, port: u16) -> ServerProcess {
+    ServerProcess::spawn(cmd, port, "/health").await
 }
 
 /// `VmHWM` (peak resident set) of a process, in KiB.
@@ -405,9 +244,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn eight_clients_sending_1mb_batches_at_once_cost_little() {
     let port = free_port();
-    let proc = Proc(server(port).spawn().unwrap());
-    wait_http(port, "/health").await;
-    let pid = proc.0.id();
+    let server = spawn(&mut server(port), port).await;
+    let pid = server.proc.pid();
     let before = peak_rss_kib(pid);
 
     // A JSON array of 520,000 `1`s: 1,040,001 bytes, under the 1 MiB limit.
@@ -415,30 +253,28 @@ async fn eight_clients_sending_1mb_batches_at_once_cost_little() {
     assert!(batch.len() > 1_000_000 && batch.len() < 1 << 20);
     let mut clients = Vec::new();
     for _ in 0..8 {
-        clients.push(connect(port).await);
+        clients.push(server.client().await);
     }
-    let mut other = connect(port).await;
+    let mut other = server.client().await;
     // All eight at once.
     futures_util::future::join_all(
         clients
             .iter_mut()
-            .map(|ws| ws.send(Message::text(batch.clone()))),
+            .map(|c| c.ws.send(Message::text(batch.clone()))),
     )
     .await
     .into_iter()
     .for_each(|r| r.unwrap());
     // Another client is served meanwhile.
     other
-        .send(Message::text(
-            json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "still here"}, "id": 1})
-                .to_string(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut other).await["result"]["echo"], "still here");
+        .send_json(
+            &json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "still here"}, "id": 1}),
+        )
+        .await;
+    assert_eq!(other.recv_json().await["result"]["echo"], "still here");
     // Each batch gets one small error and runs nothing.
     for ws in &mut clients {
-        let r = next_json(ws).await;
+        let r = ws.recv_json().await;
         assert_eq!(r["error"]["code"], -32600, "{r}");
         assert_eq!(
             r["error"]["message"], "batch too large: at most 100 requests",
@@ -448,13 +284,11 @@ async fn eight_clients_sending_1mb_batches_at_once_cost_little() {
     }
     // And the connections go on.
     for ws in &mut clients {
-        ws.send(Message::text(
-            json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "ok"}, "id": 2})
-                .to_string(),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(next_json(ws).await["result"]["echo"], "ok");
+        ws.send_json(
+            &json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "ok"}, "id": 2}),
+        )
+        .await;
+        assert_eq!(ws.recv_json().await["result"]["echo"], "ok");
     }
     let peak = peak_rss_kib(pid);
     println!("peak RSS of the server: {before} KiB at start, {peak} KiB after 8 x 1 MB batches");
@@ -467,9 +301,8 @@ async fn eight_clients_sending_1mb_batches_at_once_cost_little() {
 #[tokio::test]
 async fn a_missing_or_empty_text_is_answered_as_the_seed_does() {
     let port = free_port();
-    let _proc = Proc(server(port).spawn().unwrap());
-    wait_http(port, "/health").await;
-    let mut ws = connect(port).await;
+    let server = spawn(&mut server(port), port).await;
+    let mut ws = server.client().await;
     let mut id = 0;
     for method in ["self.reply", "broadcast"] {
         for params in [
@@ -485,8 +318,8 @@ async fn a_missing_or_empty_text_is_answered_as_the_seed_does() {
             if let Some(p) = &params {
                 req["params"] = p.clone();
             }
-            ws.send(Message::text(req.to_string())).await.unwrap();
-            let r = next_json(&mut ws).await;
+            ws.send_json(&req).await;
+            let r = ws.recv_json().await;
             assert_eq!(r["id"], id, "{method} {params:?}: {r}");
             assert_eq!(r["error"]["code"], -32602, "{method} {params:?}: {r}");
             assert_eq!(
@@ -497,13 +330,11 @@ async fn a_missing_or_empty_text_is_answered_as_the_seed_does() {
         }
     }
     // A text is still a text.
-    ws.send(Message::text(
-        json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "x"}, "id": 99})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut ws).await["result"]["text_length"], 1);
+    ws.send_json(
+        &json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "x"}, "id": 99}),
+    )
+    .await;
+    assert_eq!(ws.recv_json().await["result"]["text_length"], 1);
 }
 
 #[tokio::test]
@@ -514,7 +345,7 @@ async fn logs_go_to_stderr_without_colours_and_admin_addr_moves_health() {
         .env("WS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut proc = Proc(cmd.spawn().unwrap());
+    let mut proc = Proc::spawn(&mut cmd);
     let drain = |r: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut r = r;
@@ -524,28 +355,27 @@ async fn logs_go_to_stderr_without_colours_and_admin_addr_moves_health() {
         })
     };
     use std::io::Read;
-    let out = drain(Box::new(proc.0.stdout.take().unwrap()));
-    let err = drain(Box::new(proc.0.stderr.take().unwrap()));
-    wait_http(admin, "/health").await;
-    let (status, body) = get(admin, "/metrics").await;
+    let out = drain(Box::new(proc.child().stdout.take().unwrap()));
+    let err = drain(Box::new(proc.child().stderr.take().unwrap()));
+    let mut admin_server = ServerProcess::new(proc, admin);
+    admin_server.wait_ready("/health").await;
+    let (status, _, body) = admin_server.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("nbio_ws_connected_clients 0"), "{body}");
-    assert_eq!(get(port, "/health").await.0, 404);
-    assert_eq!(get(port, "/metrics").await.0, 404);
-    let mut ws = connect(port).await;
-    ws.send(Message::text(
-        json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "hi"}, "id": 1})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut ws).await["result"]["echo"], "hi");
+    let public = loopback(port);
+    assert_eq!(http_request(public, "GET", "/health").await.0, 404);
+    assert_eq!(http_request(public, "GET", "/metrics").await.0, 404);
+    let mut ws = WsClient::connect(&format!("ws://{public}/ws")).await;
+    ws.send_json(
+        &json!({"jsonrpc": "2.0", "method": "self.reply", "params": {"text": "hi"}, "id": 1}),
+    )
+    .await;
+    assert_eq!(ws.recv_json().await["result"]["echo"], "hi");
     drop(ws);
 
-    sigterm(&proc.0);
-    let status = tokio::task::spawn_blocking(move || proc.0.wait())
+    admin_server.proc.terminate();
+    let status = tokio::task::spawn_blocking(move || admin_server.proc.wait())
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
     let (out, err) = (out.join().unwrap(), err.join().unwrap());

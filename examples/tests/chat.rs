@@ -1,175 +1,32 @@
 //! The chat example over real sockets: the `chat` binary, configured from
 //! the environment, talked to with tokio-tungstenite.
 
-use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use nbio_ws_testkit::process::ServerProcess;
+use nbio_ws_testkit::{free_port, WsClient};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-
-mod common;
-
-use common::free_port;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The chat binary on a free loopback port; killed on drop.
-struct ChatServer {
-    child: Child,
-    port: u16,
+type ChatServer = ServerProcess;
+
+/// Starts the chat binary with these environment variables too.
+async fn chat_server(env: &[(&str, String)]) -> ChatServer {
+    ServerProcess::start(env!("CARGO_BIN_EXE_chat"), env).await
 }
 
-impl Drop for ChatServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A chat client: the kit's client, which keeps the notifications that
+/// arrive while it waits for a response, in order.
+type Chat = WsClient;
+
+/// The chat's methods, as a client calls them.
+trait ChatClient {
+    async fn join(&mut self, room: &str, nick: &str) -> Value;
+    async fn say(&mut self, room: &str, text: &str) -> u64;
+    async fn expect_nothing(&mut self);
 }
 
-impl ChatServer {
-    async fn start() -> ChatServer {
-        ChatServer::start_with(&[]).await
-    }
-
-    /// Started with these environment variables too.
-    async fn start_with(env: &[(&str, String)]) -> ChatServer {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .env("WS_HOST", "127.0.0.1")
-            .env("WS_PORT", port.to_string())
-            .env("WS_LOG_LEVEL", "warn")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = ChatServer { child, port };
-        for _ in 0..200 {
-            if let Ok((200, _, _)) = server.try_get("/health").await {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("chat server on port {port} did not come up");
-    }
-
-    /// Waits (bounded) until `/metrics` shows `name` at `want`.
-    #[allow(dead_code)] // only the broker tests use it
-    async fn wait_metric(&self, name: &str, want: u64) {
-        let mut last = None;
-        for _ in 0..300 {
-            if let Ok((200, _, body)) = self.try_get("/metrics").await {
-                last = body
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                if last == Some(want) {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("{name} is {last:?} on port {}, expected {want}", self.port);
-    }
-
-    async fn try_get(&self, path: &str) -> std::io::Result<(u16, String, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        tokio::time::timeout(TIMEOUT, s.read_to_end(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::other("timed out"))??;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-        Ok((status, head.to_string(), body.to_string()))
-    }
-
-    async fn client(&self) -> Chat {
-        let url = format!("ws://127.0.0.1:{}/ws", self.port);
-        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        Chat {
-            ws,
-            next_id: 1,
-            inbox: VecDeque::new(),
-        }
-    }
-}
-
-/// A chat client: calls methods and keeps the notifications that arrive
-/// meanwhile, in order.
-struct Chat {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-    inbox: VecDeque<Value>,
-}
-
-impl Chat {
-    async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("a message in time")
-                .expect("stream open")
-                .expect("no error");
-            match msg {
-                Message::Text(t) => {
-                    if std::env::var("CHAT_TEST_TRACE").is_ok() {
-                        eprintln!("<{:p} {t}", self);
-                    }
-                    return serde_json::from_str(&t).unwrap();
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected text, got {other:?}"),
-            }
-        }
-    }
-
-    /// The whole response to a call (`result` or `error`).
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        self.ws.send(Message::text(req.to_string())).await.unwrap();
-        loop {
-            let v = self.recv().await;
-            if v.get("id") == Some(&json!(id)) {
-                return v;
-            }
-            assert!(
-                v.get("method").is_some(),
-                "neither ours nor a notification: {v}"
-            );
-            self.inbox.push_back(v);
-        }
-    }
-
-    /// The `result` of a call that must succeed.
-    async fn ok(&mut self, method: &str, params: Value) -> Value {
-        let v = self.call(method, params.clone()).await;
-        match v.get("result") {
-            Some(r) => r.clone(),
-            None => panic!("{method} {params} failed: {v}"),
-        }
-    }
-
-    /// The `error` of a call that must fail.
-    async fn err(&mut self, method: &str, params: Value) -> Value {
-        let v = self.call(method, params.clone()).await;
-        match v.get("error") {
-            Some(e) => e.clone(),
-            None => panic!("{method} {params} should have failed: {v}"),
-        }
-    }
-
+impl ChatClient for Chat {
     async fn join(&mut self, room: &str, nick: &str) -> Value {
         self.ok("chat.join", json!({"room": room, "nick": nick}))
             .await
@@ -182,25 +39,11 @@ impl Chat {
         r["ts"].as_u64().expect("ts is a number")
     }
 
-    /// The next notification (method and params), waiting if needed.
-    async fn notification(&mut self) -> (String, Value) {
-        let v = match self.inbox.pop_front() {
-            Some(v) => v,
-            None => self.recv().await,
-        };
-        let method = v["method"]
-            .as_str()
-            .unwrap_or_else(|| panic!("expected a notification, got {v}"))
-            .to_owned();
-        assert!(v.get("id").is_none(), "notifications have no id: {v}");
-        (method, v["params"].clone())
-    }
-
     /// Asserts nothing is waiting: a round trip to the server first, so
     /// anything already sent to this client has arrived.
     async fn expect_nothing(&mut self) {
         self.ok("chat.members", json!({"room": "sync"})).await;
-        assert!(self.inbox.is_empty(), "unexpected: {:?}", self.inbox);
+        assert!(self.inbox().is_empty(), "unexpected: {:?}", self.inbox());
     }
 }
 
@@ -217,13 +60,13 @@ fn assert_invalid_params(err: &Value, mentions: &str) {
 
 #[tokio::test]
 async fn serves_the_page_and_its_assets() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     for (path, content_type, needle) in [
         ("/", "text/html", "/app.js"),
         ("/app.js", "text/javascript", "chat.join"),
         ("/style.css", "text/css", ".messages"),
     ] {
-        let (status, head, body) = server.try_get(path).await.unwrap();
+        let (status, head, body) = server.get(path).await;
         assert_eq!(status, 200, "{path}");
         assert!(
             head.to_ascii_lowercase()
@@ -236,7 +79,7 @@ async fn serves_the_page_and_its_assets() {
 
 #[tokio::test]
 async fn join_reply_has_members_and_history() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut alice = server.client().await;
     let mut bob = server.client().await;
 
@@ -300,7 +143,7 @@ async fn join_reply_has_members_and_history() {
 
 #[tokio::test]
 async fn messages_reach_only_their_room() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut a = server.client().await;
     let mut b = server.client().await;
     let mut c = server.client().await;
@@ -358,7 +201,7 @@ async fn messages_reach_only_their_room() {
 
 #[tokio::test]
 async fn leave_and_disconnect_tell_the_others() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut alice = server.client().await;
     let mut bob = server.client().await;
     let mut carol = server.client().await;
@@ -415,7 +258,7 @@ async fn leave_and_disconnect_tell_the_others() {
 
 #[tokio::test]
 async fn validation_errors_say_what_is_wrong() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut c = server.client().await;
 
     for nick in [
@@ -487,7 +330,7 @@ async fn validation_errors_say_what_is_wrong() {
 
 #[tokio::test]
 async fn sending_to_a_room_not_joined_is_refused() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut a = server.client().await;
     let mut b = server.client().await;
     b.join("lobby", "bob").await;
@@ -520,7 +363,7 @@ async fn sending_to_a_room_not_joined_is_refused() {
 
 #[tokio::test]
 async fn params_by_position_work_too() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut c = server.client().await;
     let r = c.ok("chat.join", json!(["lobby", "ada"])).await;
     assert_eq!(r["members"], json!(["ada"]));
@@ -545,7 +388,7 @@ async fn params_by_position_work_too() {
 /// exactly the messages it missed, in order, with `recovered: true`.
 #[tokio::test]
 async fn a_rejoin_with_since_recovers_what_was_missed() {
-    let server = ChatServer::start().await;
+    let server = chat_server(&[]).await;
     let mut alice = server.client().await;
     let mut bob = server.client().await;
     alice.join("lobby", "alice").await;
@@ -555,10 +398,7 @@ async fn a_rejoin_with_since_recovers_what_was_missed() {
     }
     let mut last = Value::Null;
     while last["offset"] != 3 {
-        let v = match alice.inbox.pop_front() {
-            Some(v) => v,
-            None => alice.recv().await,
-        };
+        let v = alice.next_message().await;
         if v["method"] == "chat.message" {
             last = v["position"].clone();
         }
@@ -628,7 +468,7 @@ async fn memory_history_is_per_instance() {
 
     // A restarted instance has forgotten it.
     drop(a);
-    let again = ChatServer::start().await;
+    let again = chat_server(&[]).await;
     let mut dave = again.client().await;
     assert_eq!(dave.join("lobby", "dave").await["history"], json!([]));
 }
@@ -638,127 +478,18 @@ struct ServerPair(ChatServer, ChatServer);
 
 impl ServerPair {
     async fn memory() -> ServerPair {
-        ServerPair(ChatServer::start().await, ChatServer::start().await)
+        ServerPair(chat_server(&[]).await, chat_server(&[]).await)
     }
 }
 
 /// History in Redis: `--features redis` and the redis pub/sub adapter.
 #[cfg(feature = "redis")]
 mod redis_history {
-    use super::*;
-
-    /// A `redis-server` of the test's own on a free loopback port, with no
-    /// persistence; killed on drop.
-    ///
-    /// While it is down its port stays reserved by a socket that is bound
-    /// but not listening: connections to it are refused, as with no Redis
-    /// at all, and no other process (another test's server, or the source
-    /// port of some connection) can take the port before Redis comes back.
-    struct Redis {
-        port: u16,
-        child: Option<Child>,
-        hold: Option<tokio::net::TcpSocket>,
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    /// A loopback socket bound to `port` (0: any free one), not listening.
-    fn reserve(port: u16) -> std::io::Result<tokio::net::TcpSocket> {
-        let s = tokio::net::TcpSocket::new_v4()?;
-        // Like redis-server itself, so that the connections the killed
-        // server leaves in TIME_WAIT do not stand in the way.
-        s.set_reuseaddr(true)?;
-        s.bind(([127, 0, 0, 1], port).into())?;
-        Ok(s)
-    }
-
-    impl Redis {
-        async fn start() -> Redis {
-            let mut r = Redis::stopped();
-            r.up().await;
-            r
-        }
-
-        /// A port for a Redis that is not running (yet).
-        fn stopped() -> Redis {
-            let hold = reserve(0).expect("a free loopback port");
-            Redis {
-                port: hold.local_addr().expect("its address").port(),
-                child: None,
-                hold: Some(hold),
-            }
-        }
-
-        /// Starts it (on the same port as before) and waits until it answers.
-        async fn up(&mut self) {
-            let port = self.port.to_string();
-            self.hold = None;
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"));
-            self.child = Some(child);
-            for _ in 0..200 {
-                if let Ok(reply) = self.try_cmd(&["PING"]).await {
-                    if reply == "+PONG\r\n" {
-                        return;
-                    }
-                }
-                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                    panic!("redis-server on port {port} exited: {status}");
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            panic!("redis-server did not answer on port {port} in time");
-        }
-
-        /// One command; the raw RESP reply (small replies only).
-        async fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-            let mut req = format!("*{}\r\n", args.len());
-            for a in args {
-                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-            }
-            s.write_all(req.as_bytes()).await?;
-            let mut buf = vec![0u8; 4096];
-            let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
-                .await
-                .map_err(|_| std::io::Error::other("timed out"))??;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-        }
-
-        /// The variables that make a chat server keep its history here.
-        fn env(&self) -> Vec<(&'static str, String)> {
-            vec![
-                ("WS_PUBSUB_ENABLED", "true".to_owned()),
-                ("WS_PUBSUB_ADAPTER", "redis".to_owned()),
-                ("WS_REDIS_URL", format!("redis://127.0.0.1:{}/0", self.port)),
-            ]
-        }
-    }
+    use nbio_ws_testkit::broker::Redis;
 
     #[tokio::test]
     async fn chat_across_three_instances_with_redis() {
+        nbio_ws_testkit::require_tools!("redis-server");
         let redis = Redis::start().await;
         super::across_instances::chat_across_three_instances(redis.env()).await;
     }
@@ -796,9 +527,9 @@ mod across_instances {
     pub(super) async fn chat_across_three_instances(mut env: Vec<(&'static str, String)>) {
         env.push(("WS_PRESENCE_TTL", "1s".to_owned()));
         env.push(("WS_PUBSUB_CHANNEL", format!("chat{}", free_port())));
-        let s1 = ChatServer::start_with(&env).await;
-        let s2 = ChatServer::start_with(&env).await;
-        let mut s3 = ChatServer::start_with(&env).await;
+        let s1 = chat_server(&env).await;
+        let s2 = chat_server(&env).await;
+        let mut s3 = chat_server(&env).await;
         // Each instance hears the others' heartbeats: their presence
         // channels are live.
         for s in [&s1, &s2, &s3] {
@@ -845,8 +576,7 @@ mod across_instances {
 
         // Instance 3 crashes (SIGKILL): its member leaves everyone's list
         // after the presence TTL, with a notice.
-        let _ = s3.child.kill();
-        let _ = s3.child.wait();
+        s3.proc.kill();
         expect_notice(&mut ada, "chat.left", "linus").await;
         expect_notice(&mut grace, "chat.left", "linus").await;
         members_become(&mut ada, "lobby", &["ada", "grace"]).await;
@@ -863,47 +593,11 @@ mod across_instances {
 
 #[cfg(feature = "nats")]
 mod nats_instances {
-    use super::*;
-
-    /// A `nats-server` of the test's own on a free loopback port.
-    struct Nats {
-        port: u16,
-        child: Child,
-    }
-
-    impl Drop for Nats {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     #[tokio::test]
     async fn chat_across_three_instances_with_nats() {
-        let port = free_port();
-        let child = Command::new("nats-server")
-            // JetStream keeps the rooms' history (WS_PUBSUB_ADAPTER=nats).
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(std::env::temp_dir().join(format!("nbio-ws-chat-js-{port}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server (is it installed?): {e}"));
-        let nats = Nats { port, child };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", nats.port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        super::across_instances::chat_across_three_instances(vec![
-            ("WS_PUBSUB_ENABLED", "true".to_owned()),
-            ("WS_PUBSUB_ADAPTER", "nats".to_owned()),
-            ("WS_NATS_URL", format!("nats://127.0.0.1:{}", nats.port)),
-        ])
-        .await;
+        nbio_ws_testkit::require_tools!("nats-server");
+        // JetStream on: with the nats adapter the chat's history is there.
+        let nats = nbio_ws_testkit::broker::Nats::start_jetstream().await;
+        super::across_instances::chat_across_three_instances(nats.env()).await;
     }
 }

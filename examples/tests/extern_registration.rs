@@ -7,15 +7,8 @@
 // Links the crate; nothing in it is named below.
 use nbio_ws_extern_handlers as _;
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
+use nbio_ws_testkit::{TestServer, WsClient};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn extern_methods_are_in_the_registry() {
@@ -33,23 +26,9 @@ fn extern_methods_are_in_the_registry() {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn call(ws: &mut Ws, request: Value) -> Value {
-    ws.send(Message::text(request.to_string())).await.unwrap();
-    loop {
-        let msg = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("the connection is open")
-            .expect("a frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+async fn call(ws: &mut WsClient, request: Value) -> Value {
+    ws.send_json(&request).await;
+    ws.recv_json().await
 }
 
 #[tokio::test]
@@ -58,22 +37,10 @@ async fn extern_methods_are_served() {
     let names = server.method_names();
     assert!(names.contains(&"extern.add"), "{names:?}");
     assert!(names.contains(&"extern.whoami"), "{names:?}");
-    let hub = server.hub().clone();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve_listener(listener, async move {
-        let _ = stopped.await;
-    }));
-
-    let (mut ws, _) = tokio::time::timeout(
-        TIMEOUT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-    )
-    .await
-    .expect("connected in time")
-    .expect("connected");
+    let mut s = TestServer::start(nbio_ws::Server::builder()).await;
+    let hub = s.hub.clone();
+    let mut ws = WsClient::connect(&s.url("/ws")).await;
 
     // Params by name and by position.
     let by_name = call(
@@ -120,11 +87,6 @@ async fn extern_methods_are_served() {
         "{whoami}"
     );
 
-    let _ = ws.close(None).await;
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("shut down in time")
-        .expect("serve task")
-        .expect("served without error");
+    ws.close().await;
+    s.shutdown().await.expect("served without error");
 }

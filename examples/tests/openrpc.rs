@@ -15,73 +15,24 @@
 //!
 //! Needs node and the validator's packages (`npm ci` in
 //! `examples/openrpc-check`, done here when they are missing): the test
-//! fails naming them, unless `NBIO_WS_SKIP_NODE_TESTS=1` is set (then it
+//! fails naming them, unless `NBIO_WS_SKIP_MISSING_TOOLS=1` is set (then it
 //! prints a SKIP line).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use futures_util::{SinkExt, StreamExt};
+use nbio_ws_testkit::process::{npm_ci, ServerProcess};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-
-mod common;
-
-use common::{free_port, http_get as get, npm_ci_unless_installed, Proc};
-
-/// Starts an example binary on a free port and waits for `/health`.
-async fn start(bin: &str) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(bin)
-        .env("WS_PORT", port.to_string())
-        .env("WS_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let proc = Proc(child);
-    for _ in 0..200 {
-        if let Some((200, _)) = get(port, "/health").await {
-            return (proc, port);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{bin} on port {port} did not come up");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message in time")
-            .expect("open")
-            .expect("no error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
 
 /// The checker's directory, its packages installed.
 fn checker() -> Option<PathBuf> {
-    if std::env::var("NBIO_WS_SKIP_NODE_TESTS").as_deref() == Ok("1") {
-        println!("SKIP openrpc documents: NBIO_WS_SKIP_NODE_TESTS=1");
+    if !nbio_ws_testkit::tools::require_tools(&["node", "npm"]) {
         return None;
     }
-    Command::new("node").arg("--version").output().expect(
-        "node is not installed: the OpenRPC checks run ajv and @open-rpc/meta-schema on node \
-         (apt-get install nodejs npm, or scripts/install-test-deps.sh), \
-         or set NBIO_WS_SKIP_NODE_TESTS=1 to skip them",
-    );
     let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "openrpc-check"]
         .iter()
         .collect();
-    npm_ci_unless_installed(
+    npm_ci(
         &dir,
         &[
             "ajv",
@@ -89,7 +40,6 @@ fn checker() -> Option<PathBuf> {
             "@open-rpc/meta-schema",
             "@json-schema-tools/meta-schema",
         ],
-        "the OpenRPC checker's packages",
     );
     Some(dir)
 }
@@ -156,28 +106,20 @@ fn wire_params(m: &Value, pairing: &Value) -> Option<Value> {
 
 /// Checks one example binary's document; returns its size in bytes.
 async fn check(bin: &str, name: &str, dir: &Path) -> usize {
-    let (_proc, port) = start(bin).await;
-    let (status, body) = get(port, "/openrpc.json").await.expect("GET /openrpc.json");
+    let server = ServerProcess::start(bin, &[]).await;
+    let (status, _, body) = server.get("/openrpc.json").await;
     assert_eq!(status, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).expect("the document is JSON");
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-        .await
-        .unwrap();
-    ws.send(Message::text(
-        r#"{"jsonrpc":"2.0","method":"rpc.discover","id":0}"#,
-    ))
-    .await
-    .unwrap();
-    let discovered = next_json(&mut ws).await;
+    let mut ws = server.client().await;
+    ws.send_text(r#"{"jsonrpc":"2.0","method":"rpc.discover","id":0}"#)
+        .await;
+    let discovered = ws.recv_json().await;
     assert_eq!(
         discovered["result"], doc,
         "rpc.discover and GET /openrpc.json differ"
     );
-    assert_eq!(
-        doc["servers"][0]["url"],
-        format!("ws://127.0.0.1:{port}/ws")
-    );
+    assert_eq!(doc["servers"][0]["url"], server.url("/ws"));
 
     let tmp = std::env::temp_dir().join(format!("nbio-ws-openrpc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -214,9 +156,9 @@ async fn check(bin: &str, name: &str, dir: &Path) -> usize {
                 cases.push(json!({"label": format!("{label} params"), "schema": params_schema(m), "value": p}));
                 request["params"] = p;
             }
-            ws.send(Message::text(request.to_string())).await.unwrap();
+            ws.send_json(&request).await;
             let answer = loop {
-                let msg = next_json(&mut ws).await;
+                let msg = ws.recv_json().await;
                 if msg.get("id").is_some() {
                     break msg;
                 }

@@ -11,52 +11,35 @@
 #![cfg_attr(not(feature = "redis"), allow(dead_code, unused_imports))]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use nbio_ws_testkit::process::{command, run_to_exit, ServerProcess};
+use nbio_ws_testkit::{free_port, wait_port, Proc, WsClient};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
-mod common;
-
-use common::{free_port, http_get as get, Proc};
-
+/// `/health` of the instance on `port`.
 async fn health(port: u16) -> Value {
-    let (_, body) = get(port, "/health").await.expect("/health answers");
+    let (_, _, body) =
+        nbio_ws_testkit::http_request(nbio_ws_testkit::loopback(port), "GET", "/health").await;
     serde_json::from_str(&body).expect("health JSON")
 }
 
 /// The example server with the given extra environment.
 fn server(port: u16, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-    cmd.env("WS_HOST", "127.0.0.1")
-        .env("WS_PORT", port.to_string())
-        .env("WS_LOG_LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(env!("CARGO_BIN_EXE_server"), port);
+    cmd.envs(env.iter().copied());
     cmd
 }
 
 /// Runs the server expecting it to stop at once: (exit code, stderr).
-fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = server(free_port(), env)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run the server");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+fn run_server_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_to_exit(env!("CARGO_BIN_EXE_server"), env)
 }
 
 #[test]
 fn pubsub_configuration_errors_stop_startup() {
-    let (code, err) = run_to_exit(&[
+    let (code, err) = run_server_to_exit(&[
         ("WS_PUBSUB_ENABLED", "true"),
         ("WS_PUBSUB_ADAPTER", "kafka"),
     ]);
@@ -66,7 +49,7 @@ fn pubsub_configuration_errors_stop_startup() {
         "{err}"
     );
 
-    let (code, err) = run_to_exit(&[
+    let (code, err) = run_server_to_exit(&[
         ("WS_PUBSUB_ENABLED", "true"),
         ("WS_PUBSUB_ADAPTER", "redis"),
         ("WS_REDIS_URL", "http://:s3cret@127.0.0.1:6379"),
@@ -78,7 +61,7 @@ fn pubsub_configuration_errors_stop_startup() {
     );
     assert!(!err.contains("s3cret"), "a password was printed: {err}");
 
-    let (code, err) = run_to_exit(&[
+    let (code, err) = run_server_to_exit(&[
         ("WS_PUBSUB_ENABLED", "true"),
         ("WS_PUBSUB_ADAPTER", "nats"),
         ("WS_NATS_URL", "nats://127.0.0.1:42x2"),
@@ -86,7 +69,7 @@ fn pubsub_configuration_errors_stop_startup() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error: invalid WS_NATS_URL="), "{err}");
 
-    let (code, err) = run_to_exit(&[("WS_PUBSUB_CHANNEL", "two words")]);
+    let (code, err) = run_server_to_exit(&[("WS_PUBSUB_CHANNEL", "two words")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains(r#"invalid WS_PUBSUB_CHANNEL="two words""#),
@@ -103,7 +86,7 @@ fn an_adapter_that_is_not_compiled_names_its_feature() {
     } else {
         "redis"
     };
-    let (code, err) = run_to_exit(&[
+    let (code, err) = run_server_to_exit(&[
         ("WS_PUBSUB_ENABLED", "true"),
         ("WS_PUBSUB_ADAPTER", missing),
     ]);
@@ -111,100 +94,33 @@ fn an_adapter_that_is_not_compiled_names_its_feature() {
     assert!(err.contains(&format!("`{missing}` cargo feature")), "{err}");
 }
 
-#[cfg(feature = "redis")]
-struct Redis {
-    _proc: Proc,
-    url: String,
+async fn connect(port: u16) -> WsClient {
+    WsClient::connect(&format!("ws://127.0.0.1:{port}/ws")).await
 }
 
-#[cfg(feature = "redis")]
-async fn start_redis() -> Redis {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/install-test-deps.sh installs it)");
-    let proc = Proc(child);
-    wait_port(port).await;
-    Redis {
-        _proc: proc,
-        url: format!("redis://127.0.0.1:{port}/0"),
-    }
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on port {port}");
-}
-
-/// Waits until the instance answers /health with the broker connected.
-async fn wait_broker_connected(port: u16) {
-    for _ in 0..200 {
-        if let Some((200, body)) = get(port, "/health").await {
-            let h: Value = serde_json::from_str(&body).unwrap_or_default();
-            if h["broker"]["connected"] == true {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("instance on port {port} did not connect to its broker");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(port: u16) -> Ws {
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("connect in time")
-    .expect("WebSocket handshake")
-    .0
-}
-
-async fn broadcast(ws: &mut Ws, text: &str) {
+async fn broadcast(ws: &mut WsClient, text: &str) {
     let req = json!({"jsonrpc": "2.0", "method": "broadcast", "params": {"text": text}, "id": 1});
-    ws.send(Message::text(req.to_string())).await.expect("send");
+    ws.send_json(&req).await;
 }
 
 /// Reads until a `broadcast` notification with `text` arrives.
-async fn expect_broadcast(ws: &mut Ws, text: &str) {
+async fn expect_broadcast(ws: &mut WsClient, text: &str) {
     expect_broadcasts(ws, &[text]).await;
 }
 
 /// Reads until a `broadcast` notification with each of `texts` arrived,
 /// in any order (broadcasts of different senders are not ordered).
-async fn expect_broadcasts(ws: &mut Ws, texts: &[&str]) {
+async fn expect_broadcasts(ws: &mut WsClient, texts: &[&str]) {
     let mut missing: std::collections::HashSet<&str> = texts.iter().copied().collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !missing.is_empty() {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
+        let v = ws
+            .json_before(deadline)
             .await
-            .unwrap_or_else(|_| panic!("no broadcast {missing:?} in time"))
-            .expect("open")
-            .expect("no error");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).expect("JSON");
-            if v["method"] == "broadcast" {
-                if let Some(text) = v["params"]["text"].as_str() {
-                    missing.remove(text);
-                }
+            .unwrap_or_else(|| panic!("no broadcast {missing:?} in time"));
+        if v["method"] == "broadcast" {
+            if let Some(text) = v["params"]["text"].as_str() {
+                missing.remove(text);
             }
         }
     }
@@ -249,37 +165,19 @@ fn nginx_conf(file: &str, prefix: &Path, listen: u16, upstreams: &[u16]) -> Stri
 
 /// nginx's master process: stopped with SIGTERM, so that it stops its
 /// worker too (SIGKILL would leave the worker running).
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(file: &str, dir: &Path, listen: u16, upstreams: &[u16]) -> Nginx {
+fn start_nginx(file: &str, dir: &Path, listen: u16, upstreams: &[u16]) -> Proc {
     let prefix = dir.join(file.trim_end_matches(".conf"));
     std::fs::create_dir_all(&prefix).expect("nginx prefix");
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, nginx_conf(file, &prefix, listen, upstreams)).expect("write conf");
-    let check = Command::new("nginx")
+    let nginx = || {
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c").arg(&conf_path).arg("-p").arg(&prefix);
+        cmd.arg("-e").arg(prefix.join("error.log"));
+        cmd
+    };
+    let check = nginx()
         .arg("-t")
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-e")
-        .arg(prefix.join("error.log"))
         .output()
         .expect("nginx on PATH (scripts/install-test-deps.sh installs it)");
     assert!(
@@ -287,45 +185,39 @@ fn start_nginx(file: &str, dir: &Path, listen: u16, upstreams: &[u16]) -> Nginx 
         "nginx -t: {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-e")
-        .arg(prefix.join("error.log"))
+    let child = nginx()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    Nginx(child)
+    Proc::graceful(child)
 }
 
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_balances_instances_that_share_broadcasts_through_redis() {
-    let redis = start_redis().await;
+    nbio_ws_testkit::require_tools!("redis-server", "nginx");
+    let redis = nbio_ws_testkit::broker::Redis::start().await;
+    let redis_url = redis.url();
     let channel = format!("nbio-nginx-test.{}", std::process::id());
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut instances = Vec::new();
     for &port in &ports {
-        let child = server(
+        let mut cmd = server(
             port,
             &[
                 ("WS_PUBSUB_ENABLED", "true"),
                 ("WS_PUBSUB_ADAPTER", "redis"),
-                ("WS_REDIS_URL", &redis.url),
+                ("WS_REDIS_URL", &redis_url),
                 ("WS_PUBSUB_CHANNEL", &channel),
             ],
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the example server");
-        instances.push(Proc(child));
+        );
+        cmd.stderr(Stdio::null());
+        instances.push(ServerProcess::spawn(&mut cmd, port, "/health").await);
     }
-    for &port in &ports {
-        wait_broker_connected(port).await;
+    for instance in &instances {
+        instance.wait_broker_connected().await;
     }
     let dir = std::env::temp_dir().join(format!("nbio-ws-nginx-{}", std::process::id()));
 
@@ -359,7 +251,7 @@ async fn nginx_balances_instances_that_share_broadcasts_through_redis() {
         expect_broadcasts(c, &["rr-from-0", "rr-from-1", "rr-from-2"]).await;
     }
     for mut c in clients {
-        let _ = c.close(None).await;
+        c.close().await;
     }
     drop(nginx);
 
@@ -400,7 +292,7 @@ async fn nginx_balances_instances_that_share_broadcasts_through_redis() {
 
 /// Broadcasts from the first client until every client has seen one
 /// (bounded), so that the real checks do not race the subscriptions.
-async fn warm_up(clients: &mut [Ws]) {
+async fn warm_up(clients: &mut [WsClient]) {
     for k in 0..50 {
         let text = format!("warm-{k}");
         broadcast(&mut clients[0], &text).await;
@@ -424,21 +316,17 @@ async fn warm_up(clients: &mut [Ws]) {
 async fn the_binary_starts_while_redis_is_down() {
     let port = free_port();
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
-    let _proc = Proc(
-        server(
-            port,
-            &[
-                ("WS_PUBSUB_ENABLED", "true"),
-                ("WS_PUBSUB_ADAPTER", "redis"),
-                ("WS_REDIS_URL", &dead),
-            ],
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start"),
+    let mut cmd = server(
+        port,
+        &[
+            ("WS_PUBSUB_ENABLED", "true"),
+            ("WS_PUBSUB_ADAPTER", "redis"),
+            ("WS_REDIS_URL", &dead),
+        ],
     );
-    wait_port(port).await;
-    let (status, body) = get(port, "/health").await.expect("health");
+    cmd.stderr(Stdio::null());
+    let instance = ServerProcess::spawn(&mut cmd, port, "/health").await;
+    let (status, _, body) = instance.get("/health").await;
     let h: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status, 200);
     assert_eq!(h["status"], "degraded", "{h}");
@@ -448,15 +336,9 @@ async fn the_binary_starts_while_redis_is_down() {
     expect_broadcast(&mut ws, "alone").await;
     let mut failures = 0.0;
     for _ in 0..100 {
-        let (_, metrics) = get(port, "/metrics").await.expect("metrics");
-        failures = metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("nbio_ws_broker_publish_failures_total ")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0);
+        let (_, _, metrics) = instance.get("/metrics").await;
+        failures = nbio_ws_testkit::metric(&metrics, "nbio_ws_broker_publish_failures_total")
+            .unwrap_or(0) as f64;
         if failures >= 1.0 {
             break;
         }

@@ -3,14 +3,12 @@
 //! request timeout, handlers cancelled with their connection, bounded
 //! replies and error echoes, metric cardinality, the admin listener.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_request, RawClient, TestServer, WsClient, TIMEOUT};
 use nbio_ws::{Params, RpcError, Server, ServerBuilder, State};
+use nbio_ws_testkit::{http_request, RawClient, TestServer, WsClient, TIMEOUT};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 

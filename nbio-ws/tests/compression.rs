@@ -4,15 +4,13 @@
 //! recipient, the inflate limit, and the protocol errors. The client side
 //! is written here with flate2, independently of the server's code.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{RawClient, RawFrame, TestServer};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use nbio_ws::{Client, Hub, Params, RawMessage, RpcError, Server};
+use nbio_ws_testkit::{RawClient, RawFrame, TestServer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -359,20 +357,7 @@ async fn negotiated_the_same_inside_axum() {
 /// negotiate it and exchange compressed messages both ways.
 #[tokio::test]
 async fn python_websockets_negotiates_and_works() {
-    let ok = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var_os("NBIO_WS_SKIP_PYTHON").is_some() {
-            eprintln!("SKIP python_websockets_negotiates_and_works: python3 with websockets not found (NBIO_WS_SKIP_PYTHON set)");
-            return;
-        }
-        panic!(
-            "python3 with the `websockets` package is needed (pip install websockets, or \
-             scripts/install-test-deps.sh); set NBIO_WS_SKIP_PYTHON=1 to skip this test"
-        );
-    }
+    nbio_ws_testkit::require_tools!("python3:websockets");
     let s = TestServer::start(rpc_server()).await;
     let script = r#"
 import asyncio, json, sys

@@ -1,14 +1,12 @@
 //! The connection layer over real sockets: limits, close codes,
 //! keepalive, raw mode, hooks and graceful shutdown.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RawClient, TestServer, WsClient};
 use nbio_ws::{Client, RawMessage, Server};
+use nbio_ws_testkit::{RawClient, TestServer, WsClient};
 use serde_json::json;
 
 fn echo_builder() -> nbio_ws::ServerBuilder {

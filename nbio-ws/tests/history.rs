@@ -7,17 +7,16 @@
 //! backends have their own tests (Redis: `history/redis_backend.rs`, run
 //! with this file under the `redis` feature).
 
-mod common;
 #[cfg(feature = "redis")]
 #[path = "history/redis_backend.rs"]
 mod redis_backend;
 
 use std::time::Duration;
 
-use common::{TestServer, WsClient};
 use nbio_ws::broker::LocalBroker;
 use nbio_ws::history::{MemoryHistory, Position, Recovery};
 use nbio_ws::{Client, Hub, Params, RpcError, Server, ServerBuilder};
+use nbio_ws_testkit::{TestServer, WsClient};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -2,72 +2,19 @@
 //! real `nats-server -js` started by the test on a free loopback port,
 //! several in-process instances sharing it for both pub/sub and history.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, WsClient};
 use nbio_ws::broker::PubSubConfig;
 use nbio_ws::history::{HistoryError, Position, Recovery};
 use nbio_ws::{Client, Hub, Params, RpcError, Server, ServerBuilder};
+use nbio_ws_testkit::broker::Nats;
+use nbio_ws_testkit::{TestServer, WsClient};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// A `nats-server -js` with its own storage directory (both removed on drop).
-struct Nats {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        let port = common::broker::free_port();
-        let dir = std::env::temp_dir().join(format!("nbio-js-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a storage directory");
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server (is it installed?): {e}"));
-        let n = Nats {
-            port,
-            dir,
-            child: Some(child),
-        };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("nats-server did not listen on port {port} in time");
-    }
-
-    fn pubsub(&self, channel: &str) -> PubSubConfig {
-        PubSubConfig::nats(format!("nats://127.0.0.1:{}", self.port)).channel(channel)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The pub/sub configuration of an instance on `nats`.
+fn pubsub(nats: &Nats, channel: &str) -> PubSubConfig {
+    PubSubConfig::nats(nats.url()).channel(channel)
 }
 
 #[derive(Deserialize)]
@@ -154,9 +101,10 @@ fn increasing(v: &[u64]) -> bool {
 
 #[tokio::test]
 async fn a_client_recovers_on_another_instance_what_it_missed() {
-    let nats = Nats::start().await;
-    let one = TestServer::start(builder(nats.pubsub("jsrec"))).await;
-    let two = TestServer::start(builder(nats.pubsub("jsrec"))).await;
+    nbio_ws_testkit::require_tools!("nats-server");
+    let nats = Nats::start_jetstream().await;
+    let one = TestServer::start(builder(pubsub(&nats, "jsrec"))).await;
+    let two = TestServer::start(builder(pubsub(&nats, "jsrec"))).await;
     let mut publisher = WsClient::connect(&one.url("/ws")).await;
     let mut a = WsClient::connect(&one.url("/ws")).await;
     let (first, _) = join(&mut a, "room1", None).await;
@@ -208,10 +156,11 @@ async fn a_client_recovers_on_another_instance_what_it_missed() {
 
 #[tokio::test]
 async fn five_instances_publishing_concurrently_give_one_gap_free_sequence() {
-    let nats = Nats::start().await;
+    nbio_ws_testkit::require_tools!("nats-server");
+    let nats = Nats::start_jetstream().await;
     let mut servers = Vec::new();
     for _ in 0..5 {
-        servers.push(TestServer::start(builder(nats.pubsub("jsseq"))).await);
+        servers.push(TestServer::start(builder(pubsub(&nats, "jsseq"))).await);
     }
     let mut readers = Vec::new();
     for s in &servers {
@@ -253,12 +202,13 @@ async fn five_instances_publishing_concurrently_give_one_gap_free_sequence() {
 
 #[tokio::test]
 async fn a_killed_nats_server_makes_publish_fail_with_the_typed_error() {
-    let mut nats = Nats::start().await;
-    let server = TestServer::start(builder(nats.pubsub("jsdown"))).await;
+    nbio_ws_testkit::require_tools!("nats-server");
+    let mut nats = Nats::start_jetstream().await;
+    let server = TestServer::start(builder(pubsub(&nats, "jsdown"))).await;
     let hub = server.hub.clone();
     let p = hub.to("room9").publish("msg", &json!(1)).await;
     assert!(matches!(p, Ok(Some(_))), "{p:?}");
-    nats.kill();
+    nats.down();
     let e = hub
         .to("room9")
         .publish("msg", &json!(2))

@@ -1,25 +1,17 @@
 //! Hub fan-out, send-to-one, slow consumers, and the plain HTTP endpoints,
 //! over real sockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{http_request, RawClient, TestServer, WsClient};
 use nbio_ws::{rpc_method, Hub, Params, RpcError, Server};
+use nbio_ws_testkit::{http_request, seed, RawClient, TestServer, WsClient};
 use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Deserialize)]
-struct Text {
-    text: String,
-}
-
+/// The example server's `broadcast`, registered here with the attribute.
 #[rpc_method("broadcast")]
-fn broadcast(hub: Hub, Params(p): Params<Text>) -> Result<serde_json::Value, RpcError> {
-    hub.broadcast("broadcast", &json!({"text": p.text}))
-        .map_err(RpcError::internal)?;
-    Ok(json!({"status": "broadcasted", "text_length": p.text.len()}))
+async fn broadcast(hub: Hub, p: seed::Text) -> Result<seed::Broadcasted, RpcError> {
+    seed::broadcast(hub, p).await
 }
 
 #[derive(Deserialize)]

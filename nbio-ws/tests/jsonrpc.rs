@@ -1,12 +1,10 @@
 //! JSON-RPC 2.0 semantics over a real WebSocket connection.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, WsClient};
 use nbio_ws::{rpc_method, Client, Params, RpcError, Server, State};
-use serde::{Deserialize, Serialize};
+use nbio_ws_testkit::{seed, TestServer, WsClient};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Deserialize)]
@@ -14,15 +12,11 @@ struct TextParams {
     text: String,
 }
 
-#[derive(Serialize)]
-struct Reply {
-    echo: String,
-    text_length: usize,
-}
-
+/// `self.reply` with typed params (so serde's errors), answering as the
+/// example server does.
 #[rpc_method("self.reply")]
-fn self_reply(Params(p): Params<TextParams>) -> Reply {
-    Reply {
+fn self_reply(Params(p): Params<TextParams>) -> seed::Reply {
+    seed::Reply {
         text_length: p.text.len(),
         echo: p.text,
     }

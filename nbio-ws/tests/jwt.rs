@@ -3,15 +3,12 @@
 //! identity, and no algorithm confusion.
 #![cfg(feature = "jwt")]
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{TestServer, WsClient};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use nbio_ws::{Client, Server};
+use nbio_ws_testkit::{TestServer, WsClient};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "hs256-test-secret-0123456789abcdef";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -65,35 +62,15 @@ async fn server() -> TestServer {
 }
 
 async fn status(addr: std::net::SocketAddr, token: &str) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(common::TIMEOUT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n])
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    nbio_ws_testkit::upgrade_request(addr, "/ws", &auth).await.0
 }
 
 async fn identity(s: &TestServer, token: &str) -> Value {
     // The subprotocol form: JWTs are made of token characters.
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = s.url("/ws").into_client_request().unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        format!("bearer, {token}").parse().unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = WsClient { ws };
+    let protocol = format!("bearer, {token}");
+    let (mut c, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("sec-websocket-protocol", &protocol)]).await;
     c.call("whoami", json!([]), json!(1)).await["result"].clone()
 }
 

@@ -2,8 +2,6 @@
 //! builder record, and `rpc.discover` / `GET /openrpc.json` on a real
 //! server.
 
-mod common;
-
 use std::collections::HashMap;
 
 use nbio_ws::openrpc::MethodDoc;
@@ -12,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use common::{TestServer, WsClient};
+use nbio_ws_testkit::{TestServer, WsClient};
 
 #[derive(Deserialize, JsonSchema)]
 struct Say {

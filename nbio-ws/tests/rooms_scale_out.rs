@@ -22,17 +22,15 @@
 //! (`-32020`), the connection goes on working, and the instance holds one
 //! room subscription per room its member is in — no more.
 
-mod common;
-
 use std::time::Duration;
 
-use common::broker::{free_port, Backend, Kind};
-use common::{TestServer, WsClient};
-use futures_util::{SinkExt, StreamExt};
 use nbio_ws::{Client, Hub, Params, PresenceEvent, RpcError, Server, ServerBuilder};
+use nbio_ws_testkit::broker::{Backend, Kind};
+use nbio_ws_testkit::server::Crashable;
+use nbio_ws_testkit::{eventually, free_port};
+use nbio_ws_testkit::{TestServer, WsClient};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const TTL: Duration = Duration::from_millis(900);
 const WAIT: Duration = Duration::from_secs(15);
@@ -99,30 +97,19 @@ impl Peer {
     }
 
     async fn read(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.ws.next()).await {
-                Err(_) => return None,
-                Ok(m) => m.expect("stream open").expect("no error"),
-            };
-            let Message::Text(t) = msg else { continue };
-            let v: Value = serde_json::from_str(&t).expect("JSON");
-            if v["method"] == "said" {
-                self.said
-                    .push(v["params"]["text"].as_str().unwrap_or_default().into());
-            }
-            return Some(v);
+        let v = self.ws.json_before(deadline).await?;
+        if v["method"] == "said" {
+            self.said
+                .push(v["params"]["text"].as_str().unwrap_or_default().into());
         }
+        Some(v)
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        self.ws
-            .ws
-            .send(Message::text(req.to_string()))
-            .await
-            .expect("send");
+        self.ws.send_json(&req).await;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self
@@ -175,47 +162,37 @@ async fn nicks(hub: &Hub, room: &str) -> Vec<String> {
 
 /// Waits until every hub lists exactly `want` in `room`.
 async fn converge(hubs: &[&Hub], room: &str, want: &[&str]) {
-    let deadline = tokio::time::Instant::now() + WAIT;
     for (i, hub) in hubs.iter().enumerate() {
-        loop {
+        eventually(|| async move {
             let have = nicks(hub, room).await;
-            if have == want {
-                break;
+            match have == want {
+                true => Ok(()),
+                false => Err(format!(
+                    "instance {i}: members of {room} are {have:?}, expected {want:?}"
+                )),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "instance {i}: members of {room} are {have:?}, expected {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 }
 
 /// Waits until the broker has `want` subscriptions on a room's channel
 /// (nothing to check on the in-process broker).
 async fn room_subscribers(backend: &Backend, channel: &str, room: &str, want: usize) {
-    let name = format!("{channel}.room.{room}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let Some(n) = backend.subscribers(&name).await else {
-            return;
-        };
-        if n == want {
-            return;
+    let name = &format!("{channel}.room.{room}");
+    eventually(|| async move {
+        match backend.subscribers(name).await {
+            Some(n) if n != want => Err(format!("{name}: {n} subscribers, expected {want}")),
+            _ => Ok(()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}: {n} subscribers, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn metric(server: &TestServer, name: &str) -> u64 {
-    let (_, _, body) = server.http_get("/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+    server
+        .metric(name)
+        .await
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
@@ -234,59 +211,6 @@ async fn expect_left(
             })) if r == room && member.meta["nick"] == nick => return,
             Ok(_) => continue,
         }
-    }
-}
-
-/// A server on its own runtime, in its own thread, that can be crashed:
-/// the runtime is dropped with everything on it (no shutdown, no goodbye).
-struct Crashable {
-    addr: std::net::SocketAddr,
-    crash: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Crashable {
-    fn start(builder: ServerBuilder) -> Crashable {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let server = builder.build().expect("server builds");
-                tokio::select! {
-                    _ = server.serve_listener(listener, std::future::pending::<()>()) => {}
-                    _ = crashed => {}
-                }
-            });
-            rt.shutdown_background();
-        });
-        Crashable {
-            addr,
-            crash: Some(crash),
-            thread: Some(thread),
-        }
-    }
-
-    fn crash(&mut self) {
-        if let Some(c) = self.crash.take() {
-            let _ = c.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Crashable {
-    fn drop(&mut self) {
-        self.crash();
     }
 }
 
@@ -406,21 +330,10 @@ async fn rooms_across_instances(kind: Kind) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_across_instances_local() {
-    rooms_across_instances(Kind::Local).await;
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_across_instances_redis() {
-    rooms_across_instances(Kind::Redis).await;
-}
-
-#[cfg(feature = "nats")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_across_instances_nats() {
-    rooms_across_instances(Kind::Nats).await;
+nbio_ws_testkit::per_broker! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    rooms_across_instances: rooms_across_instances_local, rooms_across_instances_redis,
+        rooms_across_instances_nats
 }
 
 /// 5,000 joins from one connection over a broker.

@@ -15,18 +15,14 @@
 //!    and resubscribe by themselves, cross-instance delivery resumes
 //!    exactly once, and the messages lost meanwhile are counted.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::broker::{Backend, Kind};
-use common::{TestServer, WsClient};
-use futures_util::{SinkExt, StreamExt};
 use nbio_ws::{Client, ClientId, Hub, Params, RpcError, Server, ServerBuilder};
+use nbio_ws_testkit::broker::{Backend, Kind};
+use nbio_ws_testkit::{seed, TestServer, WsClient};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const INSTANCES: usize = 3;
 const CLIENTS_PER_INSTANCE: usize = 2;
@@ -34,11 +30,6 @@ const CLIENTS_PER_INSTANCE: usize = 2;
 const ROUND1: usize = 100;
 /// Broadcasts per publisher after recovery.
 const ROUND2: usize = 30;
-
-#[derive(Deserialize)]
-struct Text {
-    text: String,
-}
 
 #[derive(Deserialize)]
 struct SendTo {
@@ -50,14 +41,7 @@ fn app() -> ServerBuilder {
     Server::builder()
         .registered_methods(false)
         .send_buffer(4096)
-        .method(
-            "broadcast",
-            |hub: Hub, Params(p): Params<Text>| async move {
-                hub.broadcast("broadcast", &json!({ "text": p.text }))
-                    .map_err(RpcError::internal)?;
-                Ok::<_, RpcError>(json!({"status": "broadcasted"}))
-            },
-        )
+        .method("broadcast", seed::broadcast)
         .method(
             "whoami",
             |c: Client| async move { Ok::<_, RpcError>(c.id()) },
@@ -95,16 +79,9 @@ impl Peer {
 
     /// Reads one message (false on timeout).
     async fn pump(&mut self, deadline: tokio::time::Instant) -> bool {
-        let msg = match tokio::time::timeout_at(deadline, self.ws.ws.next()).await {
-            Err(_) => return false,
-            Ok(m) => m.expect("stream open").expect("no error"),
+        let Some(v) = self.ws.json_before(deadline).await else {
+            return false;
         };
-        let text = match msg {
-            Message::Text(t) => t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => return true,
-            other => panic!("unexpected {other:?}"),
-        };
-        let v: Value = serde_json::from_str(&text).expect("JSON");
         let param = || v["params"]["text"].as_str().unwrap_or_default().to_owned();
         match v["method"].as_str() {
             Some("broadcast") => self.broadcasts.push(param()),
@@ -119,11 +96,7 @@ impl Peer {
 
     async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
         let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        self.ws
-            .ws
-            .send(Message::text(req.to_string()))
-            .await
-            .expect("send");
+        self.ws.send_json(&req).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !self.responses.contains_key(&id) {
             assert!(self.pump(deadline).await, "no response to {method} in time");
@@ -225,10 +198,7 @@ async fn health(server: &TestServer) -> (u16, Value) {
 }
 
 async fn metric(server: &TestServer, name: &str) -> u64 {
-    let (_, _, body) = server.http_get("/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    server.metric(name).await.unwrap_or(0)
 }
 
 /// Waits until every server reports the broker `connected` (or not).
@@ -440,21 +410,9 @@ async fn run_round(peers: Vec<Peer>, prefix: &str, n: usize, publishers: &[usize
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_out_local() {
-    scale_out(Kind::Local).await;
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_out_redis() {
-    scale_out(Kind::Redis).await;
-}
-
-#[cfg(feature = "nats")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_out_nats() {
-    scale_out(Kind::Nats).await;
+nbio_ws_testkit::per_broker! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    scale_out: scale_out_local, scale_out_redis, scale_out_nats
 }
 
 /// A broker that is down at startup does not prevent startup: the server
@@ -483,21 +441,10 @@ async fn starts_without_broker(kind: Kind) {
     }
 }
 
-#[tokio::test]
-async fn local_starts_without_broker() {
-    starts_without_broker(Kind::Local).await;
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn redis_starts_without_broker() {
-    starts_without_broker(Kind::Redis).await;
-}
-
-#[cfg(feature = "nats")]
-#[tokio::test]
-async fn nats_starts_without_broker() {
-    starts_without_broker(Kind::Nats).await;
+nbio_ws_testkit::per_broker! {
+    #[tokio::test]
+    starts_without_broker: local_starts_without_broker, redis_starts_without_broker,
+        nats_starts_without_broker
 }
 
 /// Without a broker, `send_to` an id that is not here is `NotFound`, and

@@ -2,20 +2,16 @@
 //! rate limits, connection caps, trusted proxies, handshake limits, and
 //! that connect/disconnect churn leaves no per-client state behind.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{WsClient, TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use nbio_ws::auth::{self, AuthRejection, Authenticated};
-use nbio_ws::{Client, Server, ServerBuilder, WsEndpoint};
+use nbio_ws::{Client, Server, ServerBuilder};
+use nbio_ws_testkit::{TestServer, WsClient, TIMEOUT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Who the caller is, as the server sees it.
@@ -34,147 +30,21 @@ fn base() -> ServerBuilder {
         })
 }
 
-struct Srv {
-    addr: SocketAddr,
-    endpoint: WsEndpoint,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), nbio_ws::ServeError>>,
-}
-
-impl Srv {
-    async fn start(builder: ServerBuilder) -> Srv {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = builder.build().expect("server builds");
-        let endpoint = server.endpoint();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve_listener(listener, async move {
-            let _ = rx.await;
-        }));
-        Srv {
-            addr,
-            endpoint,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-    }
-
-    /// Waits until the per-client state is back to `connections`.
-    async fn wait_connections(&self, n: usize) {
-        for _ in 0..500 {
-            let s = self.endpoint.security_stats();
-            if s.connections == n && self.endpoint.hub().len() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "expected {n} connections, have {:?} (hub {})",
-            self.endpoint.security_stats(),
-            self.endpoint.hub().len()
-        );
-    }
-}
-
 /// A raw upgrade request with extra header lines; returns the status, the
-/// head and the body of the answer (the socket stays open on a 101).
+/// head (lower case) and the body of the answer.
 async fn handshake(addr: SocketAddr, target: &str, extra: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    read_response(&mut s).await
+    let (status, head, body) = nbio_ws_testkit::upgrade_request(addr, target, extra).await;
+    (status, head.to_ascii_lowercase(), body)
 }
 
+/// The answer on a socket (head in lower case).
 async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .unwrap_or(0);
-        assert!(
-            n > 0,
-            "EOF before a response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())
-                .flatten()
-        })
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while status != 101 && body.len() < len {
-        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
-            .await
-            .expect("a body in time")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    (
-        status,
-        head.to_ascii_lowercase(),
-        String::from_utf8_lossy(&body).to_string(),
-    )
-}
-
-/// A tungstenite client with extra request headers.
-async fn connect_with(url: &str, headers: &[(&str, &str)]) -> (WsClient, http_response::Head) {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http_response::name(k),
-            v.parse().expect("a valid header value"),
-        );
-    }
-    let (ws, res) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    (WsClient { ws }, res.headers().clone())
-}
-
-mod http_response {
-    pub type Head = tokio_tungstenite::tungstenite::http::HeaderMap;
-    pub fn name(k: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {
-        tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap()
-    }
+    let (status, head, body) = nbio_ws_testkit::http::read_response(s).await;
+    (status, head.to_ascii_lowercase(), body)
 }
 
 async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let (_, _, body) = common::http_request(addr, "GET", "/metrics").await;
+    let (_, _, body) = nbio_ws_testkit::http_request(addr, "GET", "/metrics").await;
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
@@ -182,7 +52,7 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 
 #[tokio::test]
 async fn bearer_tokens_from_header_subprotocol_and_query() {
-    let s = Srv::start(base().bearer_tokens(["alice:tok-alice", "tok-second"])).await;
+    let s = TestServer::start(base().bearer_tokens(["alice:tok-alice", "tok-second"])).await;
 
     // No token: 401 with a Bearer challenge, and no upgrade.
     let (status, head, body) = handshake(s.addr, "/ws", "").await;
@@ -209,14 +79,15 @@ async fn bearer_tokens_from_header_subprotocol_and_query() {
     }
 
     // The header.
-    let (mut a, _) = connect_with(&s.url(), &[("authorization", "Bearer tok-alice")]).await;
+    let (mut a, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("authorization", "Bearer tok-alice")]).await;
     assert_eq!(
         a.call("me", json!([]), json!(1)).await["result"]["identity"],
         "alice"
     );
 
     // The query string (seed compatibility).
-    let mut b = WsClient::connect(&format!("{}?token=tok-second", s.url())).await;
+    let mut b = WsClient::connect(&format!("{}?token=tok-second", s.url("/ws"))).await;
     assert_eq!(
         b.call("me", json!([]), json!(1)).await["result"]["identity"],
         "token-2"
@@ -225,8 +96,11 @@ async fn bearer_tokens_from_header_subprotocol_and_query() {
     // The browser form: the client offers `bearer, <token>`; the server
     // must select `bearer` (tungstenite, like a browser, fails the
     // connection when none of the offered subprotocols is selected).
-    let (mut c, head) =
-        connect_with(&s.url(), &[("sec-websocket-protocol", "bearer, tok-alice")]).await;
+    let (mut c, head) = WsClient::connect_with(
+        &s.url("/ws"),
+        &[("sec-websocket-protocol", "bearer, tok-alice")],
+    )
+    .await;
     assert_eq!(head["sec-websocket-protocol"], "bearer");
     assert_eq!(
         c.call("me", json!([]), json!(1)).await["result"]["identity"],
@@ -260,7 +134,7 @@ async fn custom_authenticator_sees_the_request() {
             }
         }
     });
-    let s = Srv::start(base().authenticator(authenticator)).await;
+    let s = TestServer::start(base().authenticator(authenticator)).await;
 
     let (status, head, body) = handshake(s.addr, "/ws", "X-User: mallory\r\n").await;
     assert_eq!(status, 403, "{head}");
@@ -269,7 +143,11 @@ async fn custom_authenticator_sees_the_request() {
     assert_eq!(status, 401);
     assert!(head.contains("www-authenticate: bearer"), "{head}");
 
-    let (mut c, _) = connect_with(&format!("{}?room=r%201", s.url()), &[("x-user", "ada")]).await;
+    let (mut c, _) = WsClient::connect_with(
+        &format!("{}?room=r%201", s.url("/ws")),
+        &[("x-user", "ada")],
+    )
+    .await;
     let id = c.call("me", json!([]), json!(1)).await["result"]["identity"]
         .as_str()
         .unwrap()
@@ -286,9 +164,10 @@ async fn custom_authenticator_sees_the_request() {
 
 #[tokio::test]
 async fn origin_allow_list() {
-    let s =
-        Srv::start(base().allowed_origins(["https://app.example.com", "http://localhost:3000"]))
-            .await;
+    let s = TestServer::start(
+        base().allowed_origins(["https://app.example.com", "http://localhost:3000"]),
+    )
+    .await;
     for (origin, want) in [
         ("https://app.example.com", 101),
         ("https://app.example.com:443", 101),
@@ -309,7 +188,7 @@ async fn origin_allow_list() {
     s.stop().await;
 
     // The default is `*`.
-    let open = Srv::start(base()).await;
+    let open = TestServer::start(base()).await;
     let (status, _, _) = handshake(open.addr, "/ws", "Origin: https://anywhere.example\r\n").await;
     assert_eq!(status, 101);
     open.stop().await;
@@ -327,13 +206,13 @@ fn req(id: Value) -> Value {
 async fn rate_limit_answers_each_request_and_closes_abusers() {
     // Three requests back to back, then one a minute; close after 5
     // limited requests in a row.
-    let s = Srv::start(
+    let s = TestServer::start(
         base()
             .rate_limit(1, Duration::from_secs(60), 3)
             .rate_limit_close_after(5),
     )
     .await;
-    let mut c = WsClient::connect(&s.url()).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
     for i in 0..3 {
         assert_eq!(
             c.call("echo", json!([i]), json!(i)).await["result"],
@@ -387,7 +266,7 @@ async fn rate_limit_answers_each_request_and_closes_abusers() {
     );
 
     // A batch larger than the bucket: the first three run.
-    let mut d = WsClient::connect(&s.url()).await;
+    let mut d = WsClient::connect(&s.url("/ws")).await;
     d.send_json(&json!((0..5).map(|i| req(json!(i))).collect::<Vec<_>>()))
         .await;
     let batch = d.recv_json().await;
@@ -399,7 +278,7 @@ async fn rate_limit_answers_each_request_and_closes_abusers() {
         .collect();
     assert_eq!(codes, [None, None, None, Some(-32029), Some(-32029)]);
     // Another connection has a bucket of its own.
-    let mut e = WsClient::connect(&s.url()).await;
+    let mut e = WsClient::connect(&s.url("/ws")).await;
     assert!(e
         .call("echo", json!([1]), json!(1))
         .await
@@ -410,23 +289,28 @@ async fn rate_limit_answers_each_request_and_closes_abusers() {
 
 #[tokio::test]
 async fn connection_caps_refuse_before_the_upgrade() {
-    let s = Srv::start(base().max_connections(2)).await;
-    let a = WsClient::connect(&s.url()).await;
-    let b = WsClient::connect(&s.url()).await;
+    let s = TestServer::start(base().max_connections(2)).await;
+    let a = WsClient::connect(&s.url("/ws")).await;
+    let b = WsClient::connect(&s.url("/ws")).await;
     let (status, head, body) = handshake(s.addr, "/ws", "").await;
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("retry-after: 5"), "{head}");
     assert_eq!(body, "server is at its connection limit; try again later\n");
     // Plain HTTP is not counted.
-    assert_eq!(common::http_request(s.addr, "GET", "/health").await.0, 200);
+    assert_eq!(
+        nbio_ws_testkit::http_request(s.addr, "GET", "/health")
+            .await
+            .0,
+        200
+    );
     drop(a);
     s.wait_connections(1).await;
-    let _c = WsClient::connect(&s.url()).await;
+    let _c = WsClient::connect(&s.url("/ws")).await;
     drop(b);
     s.stop().await;
 
-    let s = Srv::start(base().max_connections_per_ip(1)).await;
-    let a = WsClient::connect(&s.url()).await;
+    let s = TestServer::start(base().max_connections_per_ip(1)).await;
+    let a = WsClient::connect(&s.url("/ws")).await;
     let (status, head, body) = handshake(s.addr, "/ws", "").await;
     assert_eq!(status, 429, "{head}");
     assert_eq!(body, "too many connections from your address\n");
@@ -436,7 +320,7 @@ async fn connection_caps_refuse_before_the_upgrade() {
     drop(a);
     s.wait_connections(0).await;
     assert_eq!(s.endpoint.security_stats().tracked_addresses, 0);
-    let _b = WsClient::connect(&s.url()).await;
+    let _b = WsClient::connect(&s.url("/ws")).await;
     s.stop().await;
 }
 
@@ -444,13 +328,14 @@ async fn connection_caps_refuse_before_the_upgrade() {
 async fn forwarded_addresses_from_trusted_proxies_only() {
     // 203.0.113.0/24 and 198.51.100.0/24 are documentation addresses: they
     // only ever appear in headers here.
-    let s = Srv::start(
+    let s = TestServer::start(
         base()
             .trusted_proxies(["127.0.0.1"])
             .max_connections_per_ip(1),
     )
     .await;
-    let (mut a, _) = connect_with(&s.url(), &[("x-forwarded-for", "203.0.113.7")]).await;
+    let (mut a, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("x-forwarded-for", "203.0.113.7")]).await;
     assert_eq!(
         a.call("me", json!([]), json!(1)).await["result"]["remote"],
         "203.0.113.7:0"
@@ -467,7 +352,8 @@ async fn forwarded_addresses_from_trusted_proxies_only() {
     )
     .await;
     assert_eq!(status, 429);
-    let (mut b, _) = connect_with(&s.url(), &[("x-forwarded-for", "198.51.100.1")]).await;
+    let (mut b, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("x-forwarded-for", "198.51.100.1")]).await;
     assert_eq!(
         b.call("me", json!([]), json!(1)).await["result"]["remote"],
         "198.51.100.1:0"
@@ -475,8 +361,9 @@ async fn forwarded_addresses_from_trusted_proxies_only() {
     s.stop().await;
 
     // Not a trusted proxy: the header is ignored.
-    let s = Srv::start(base().trusted_proxies(["10.0.0.0/8"])).await;
-    let (mut c, _) = connect_with(&s.url(), &[("x-forwarded-for", "203.0.113.7")]).await;
+    let s = TestServer::start(base().trusted_proxies(["10.0.0.0/8"])).await;
+    let (mut c, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("x-forwarded-for", "203.0.113.7")]).await;
     let remote = c.call("me", json!([]), json!(1)).await["result"]["remote"]
         .as_str()
         .unwrap()
@@ -490,7 +377,7 @@ async fn forwarded_addresses_from_trusted_proxies_only() {
 
 #[tokio::test]
 async fn handshake_limits() {
-    let s = Srv::start(
+    let s = TestServer::start(
         base()
             .handshake_timeout(Duration::from_millis(300))
             .max_header_size(8192)
@@ -551,9 +438,9 @@ async fn handshake_limits() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _a = WsClient::connect(&s.url()).await;
-    let _b = WsClient::connect(&s.url()).await;
-    let mut c = WsClient::connect(&s.url()).await;
+    let _a = WsClient::connect(&s.url("/ws")).await;
+    let _b = WsClient::connect(&s.url("/ws")).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
     assert!(c
         .call("echo", json!([1]), json!(1))
         .await
@@ -568,7 +455,7 @@ async fn handshake_limits() {
 /// Connects and disconnects `n` clients, `concurrency` at a time, through
 /// every security layer, then checks that nothing per client is left.
 async fn churn(n: usize, concurrency: usize) {
-    let s = Srv::start(
+    let s = TestServer::start(
         base()
             .bearer_tokens(["tok"])
             .allowed_origins(["http://localhost:3000"])
@@ -577,7 +464,7 @@ async fn churn(n: usize, concurrency: usize) {
             .max_connections_per_ip(concurrency + 1),
     )
     .await;
-    let url = format!("{}?token=tok", s.url());
+    let url = format!("{}?token=tok", s.url("/ws"));
     let started = std::time::Instant::now();
     let per_task = n / concurrency;
     let mut tasks = Vec::new();

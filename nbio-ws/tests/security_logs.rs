@@ -2,17 +2,13 @@
 //! while clients authenticate (and fail to) with tokens in the header, the
 //! subprotocol and the query string; no token appears in the output.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::WsClient;
 use nbio_ws::Server;
+use nbio_ws_testkit::WsClient;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Clone, Default)]
 struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -37,19 +33,11 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
 const GOOD: &str = "GoodToken-7f3a9c";
 const WRONG: [&str; 3] = ["WrongHeader-51b2", "WrongProto-9e0d", "WrongQuery-c4a1"];
 
+/// The head of the answer to a raw upgrade request.
 async fn raw_status(addr: std::net::SocketAddr, target: &str, extra: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(common::TIMEOUT, s.read(&mut buf))
+    nbio_ws_testkit::upgrade_request(addr, target, extra)
         .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).to_string()
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,21 +59,14 @@ async fn tokens_never_appear_in_logs() {
     .unwrap();
     // Operators log their configuration; that must be safe too.
     tracing::info!(config = ?cfg, "configuration");
-    let mut s = common::TestServer::start(Server::builder().config(cfg)).await;
+    let mut s = nbio_ws_testkit::TestServer::start(Server::builder().config(cfg)).await;
 
     // Successes, from each source.
-    let mut req = s.url("/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {GOOD}").parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut a = WsClient { ws };
-    let mut req = s.url("/ws").into_client_request().unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        format!("bearer, {GOOD}").parse().unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut b = WsClient { ws };
+    let bearer = format!("Bearer {GOOD}");
+    let (mut a, _) = WsClient::connect_with(&s.url("/ws"), &[("authorization", &bearer)]).await;
+    let protocol = format!("bearer, {GOOD}");
+    let (mut b, _) =
+        WsClient::connect_with(&s.url("/ws"), &[("sec-websocket-protocol", &protocol)]).await;
     let mut c = WsClient::connect(&s.url(&format!("/ws?token={GOOD}"))).await;
     for ws in [&mut a, &mut b, &mut c] {
         let r = ws.call("no.such.method", json!([]), json!(1)).await;

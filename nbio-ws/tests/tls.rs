@@ -3,14 +3,12 @@
 //! `/health` over HTTPS, and clear startup errors.
 #![cfg(feature = "tls")]
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use nbio_ws::{Client, Server};
+use nbio_ws_testkit::TestServer;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,7 +96,7 @@ async fn wss_with_a_generated_certificate() {
     .await
     .unwrap();
     let reply = loop {
-        match tokio::time::timeout(common::TIMEOUT, ws.next())
+        match tokio::time::timeout(nbio_ws_testkit::TIMEOUT, ws.next())
             .await
             .unwrap()
             .unwrap()
@@ -123,7 +121,7 @@ async fn wss_with_a_generated_certificate() {
         .await
         .unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(common::TIMEOUT, https.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(nbio_ws_testkit::TIMEOUT, https.read_to_end(&mut out)).await;
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 
@@ -134,7 +132,7 @@ async fn wss_with_a_generated_certificate() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(common::TIMEOUT, plain.read_to_end(&mut buf)).await;
+    let _ = tokio::time::timeout(nbio_ws_testkit::TIMEOUT, plain.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("101"));
     assert_eq!(s.hub.len(), 1);
 }

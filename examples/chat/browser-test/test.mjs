@@ -24,10 +24,11 @@
 
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, existsSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+// The JavaScript client's test helpers (node builtins only).
+import { freePort } from "../../../clients/js/test/helpers.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const outDir = join(here, "out");
@@ -65,17 +66,6 @@ let servers = [];
 let serverLog = "";
 let context = null;
 let userDataDir = null;
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
 
 function startServer(port) {
   const child = spawn(bin, [], {

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use super::{
     join, live, methods, offsets, publish, publish_from_every_instance, rejoin_while_publishing,
 };
-use crate::common::broker::{Backend, Kind};
-use crate::common::{TestServer, WsClient};
+use nbio_ws_testkit::broker::{Backend, Kind};
+use nbio_ws_testkit::{TestServer, WsClient};
 
 /// An instance on `redis`, keys and channels under `channel`: `room*`
 /// keeps 100 for 10 min, `small*` 10, `brief*` 100 for 1 s; `note` is a
@@ -60,28 +60,13 @@ async fn start(redis: &Backend, channel: &str, n: usize) -> Vec<TestServer> {
     servers
 }
 
-/// One Redis command over a raw socket; the first line of the reply.
+/// One Redis command; its raw reply, without the final line break.
 async fn redis_command(port: u16, args: &[&str]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    nbio_ws_testkit::broker::redis_command(port, args)
         .await
-        .expect("redis up");
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !buf.ends_with(b"\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("redis answers")
-            .expect("read");
-        assert!(n > 0, "redis closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).trim_end().to_owned()
+        .expect("redis answers")
+        .trim_end()
+        .to_owned()
 }
 
 fn position(v: &Value) -> Position {
@@ -90,6 +75,7 @@ fn position(v: &Value) -> Position {
 
 #[tokio::test]
 async fn redis_store_assigns_offsets_and_bounds_what_it_keeps() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let store = RedisHistory::new(&redis.url(), "t.store").unwrap();
     let p = HistoryPolicy::new(10, Duration::from_secs(600));
@@ -217,6 +203,7 @@ async fn redis_store_assigns_offsets_and_bounds_what_it_keeps() {
 
 #[tokio::test]
 async fn redis_offsets_are_unique_across_stores_appending_concurrently() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let p = HistoryPolicy::new(1000, Duration::from_secs(600));
     let mut tasks = Vec::new();
@@ -249,6 +236,7 @@ async fn redis_offsets_are_unique_across_stores_appending_concurrently() {
 
 #[tokio::test]
 async fn redis_a_client_recovers_on_another_instance() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.other", 2).await;
     let (a, b) = (&servers[0], &servers[1]);
@@ -302,6 +290,7 @@ async fn redis_a_client_recovers_on_another_instance() {
 
 #[tokio::test]
 async fn redis_publications_racing_with_a_rejoin_on_another_instance_arrive_once() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.race", 2).await;
     let mut c = WsClient::connect(&servers[0].url("/ws")).await;
@@ -315,6 +304,7 @@ async fn redis_publications_racing_with_a_rejoin_on_another_instance_arrive_once
 
 #[tokio::test]
 async fn redis_five_instances_publishing_concurrently_give_one_gap_free_sequence() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.five", 5).await;
     publish_from_every_instance(&servers, "room3", 60).await;
@@ -322,6 +312,7 @@ async fn redis_five_instances_publishing_concurrently_give_one_gap_free_sequence
 
 #[tokio::test]
 async fn redis_trimmed_or_expired_history_is_not_recovered() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.trim", 2).await;
     let (a, b) = (&servers[0], &servers[1]);
@@ -374,6 +365,7 @@ async fn redis_trimmed_or_expired_history_is_not_recovered() {
 
 #[tokio::test]
 async fn redis_an_evicted_key_changes_the_epoch() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.evict", 2).await;
     let (a, b) = (&servers[0], &servers[1]);
@@ -406,6 +398,7 @@ async fn redis_an_evicted_key_changes_the_epoch() {
 
 #[tokio::test]
 async fn redis_down_fails_publications_and_a_restart_changes_the_epoch() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let mut redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.down", 1).await;
     let url = servers[0].url("/ws");
@@ -471,6 +464,7 @@ async fn redis_down_fails_publications_and_a_restart_changes_the_epoch() {
 
 #[tokio::test]
 async fn redis_a_publication_lost_on_the_way_is_filled_from_the_history() {
+    nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.gap", 2).await;
     let mut reader = WsClient::connect(&servers[0].url("/ws")).await;
