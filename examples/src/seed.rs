@@ -43,6 +43,21 @@ impl FromRequest for Text {
     }
 }
 
+/// The params of both methods (what `Text` reads).
+#[cfg(feature = "openrpc")]
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct TextParams {
+    /// The text: a non-empty string.
+    #[schemars(length(min = 1))]
+    text: String,
+}
+
+#[cfg(feature = "openrpc")]
+impl nbio_ws::openrpc::DescribeParams for Text {
+    type Params = TextParams;
+}
+
 /// The result of `self.reply`.
 #[derive(Debug, Serialize)]
 pub struct Reply {

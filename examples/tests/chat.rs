@@ -1,10 +1,8 @@
 //! The chat example over real sockets: the `chat` binary, configured from
 //! the environment, talked to with tokio-tungstenite.
 
-use std::time::Duration;
-
 use nbio_ws_testkit::process::ServerProcess;
-use nbio_ws_testkit::{free_port, WsClient};
+use nbio_ws_testkit::WsClient;
 use serde_json::{json, Value};
 
 /// The chat binary on a free loopback port; killed on drop.
@@ -499,6 +497,10 @@ mod redis_history {
 /// crashed instance's members leaving after the presence TTL.
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod across_instances {
+    use std::time::Duration;
+
+    use nbio_ws_testkit::free_port;
+
     use super::*;
 
     /// Polls `chat.members` until it lists `want`.

@@ -25,49 +25,10 @@
 //!   cargo run -p nbio-ws-examples --all-features --bin server
 //! ```
 
-use nbio_ws::{rpc_method, FromRequest, Hub, RequestContext, RpcError, Server};
-use serde::{Deserialize, Serialize};
-
-/// The `text` param of both methods: present and a non-empty string, or
-/// -32602 with the seed's `data.detail`.
-struct Text(String);
-
-/// What the seed answers when `text` is missing, empty or not a string.
-const TEXT_REQUIRED: &str = "text field is required and must be a non-empty string";
-
-impl FromRequest for Text {
-    fn from_request(ctx: &RequestContext) -> Result<Self, RpcError> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(default)]
-            text: Option<serde_json::Value>,
-        }
-        let text = ctx
-            .params()
-            .and_then(|p| serde_json::from_str::<Raw>(p.get()).ok())
-            .and_then(|raw| match raw.text {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-                _ => None,
-            });
-        text.map(Text)
-            .ok_or_else(|| RpcError::invalid_params(TEXT_REQUIRED))
-    }
-}
-
-/// The params of both methods (what `Text` reads).
-#[cfg(feature = "openrpc")]
-#[derive(schemars::JsonSchema)]
-#[allow(dead_code)]
-struct TextParams {
-    /// The text: a non-empty string.
-    #[schemars(length(min = 1))]
-    text: String,
-}
-
-#[cfg(feature = "openrpc")]
-impl nbio_ws::openrpc::DescribeParams for Text {
-    type Params = TextParams;
-}
+use nbio_ws::{rpc_method, Hub, RpcError, Server};
+// The `text` extractor of both methods, shared with the tests.
+use nbio_ws_examples::seed::Text;
+use serde::Serialize;
 
 /// The answer to `self.reply`.
 #[derive(Serialize)]
