@@ -22,7 +22,6 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
     url_var: None,
     default_url: "",
     check_url: |_| Ok(()),
-    history: None,
     create: |_| Ok(Arc::new(LocalBroker::new())),
 };
 

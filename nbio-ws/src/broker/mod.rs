@@ -158,7 +158,6 @@ pub use config::{PubSubConfig, DEFAULT_CHANNEL, DEFAULT_PRESENCE_TTL};
 pub use url::{check_url, redact_url};
 
 use crate::env::ConfigError;
-use crate::history::{HistoryStore, MemoryHistory};
 
 /// The backends `WS_PUBSUB_ADAPTER` can name: one line per backend, the
 /// module that implements it and, for an optional one, its cargo feature.
@@ -208,13 +207,7 @@ pub(crate) struct AdapterDef {
     pub check_url: fn(&str) -> Result<(), ConfigError>,
     /// Creates the broker (it connects in the background once started).
     pub create: fn(&str) -> Result<Arc<dyn Broker>, BrokerError>,
-    /// Creates the history store that goes with this backend, shared by
-    /// every instance (`None`: history is kept in memory).
-    pub history: Option<HistoryFactory>,
 }
-
-/// Creates a backend's history store from the pub/sub settings.
-pub(crate) type HistoryFactory = fn(&PubSubConfig) -> Result<Arc<dyn HistoryStore>, BrokerError>;
 
 /// An entry of [`ADAPTERS`].
 pub(crate) struct Registered {
@@ -498,21 +491,6 @@ pub enum BrokerError {
     /// An error from the backend's client library.
     #[error("{0}")]
     Backend(String),
-}
-
-/// The history store that goes with the configured backend: the
-/// backend's own when it has one and pub/sub is enabled, else memory.
-pub(crate) fn history_store(config: &PubSubConfig) -> Result<Arc<dyn HistoryStore>, BrokerError> {
-    let own = config
-        .enabled
-        .then(|| find_adapter(&config.adapter))
-        .flatten()
-        .and_then(|r| r.def)
-        .and_then(|d| d.history);
-    match own {
-        Some(make) => make(config),
-        None => Ok(Arc::new(MemoryHistory::new())),
-    }
 }
 
 /// Creates the backend that `config` names (it does not connect yet:

@@ -66,7 +66,6 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
         }
         Ok(())
     },
-    history: Some(crate::history::jetstream::create),
     create: |url| Ok(Arc::new(NatsBroker::new(url)?)),
 };
 

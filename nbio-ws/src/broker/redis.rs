@@ -87,13 +87,6 @@ pub(crate) static ADAPTER: super::AdapterDef = super::AdapterDef {
     url_var: Some("WS_REDIS_URL"),
     default_url: "redis://127.0.0.1:6379/0",
     check_url: |url| super::check_url("WS_REDIS_URL", url, &["redis", "rediss"]),
-    history: Some(|cfg| {
-        let url = cfg.url();
-        super::check_url("WS_REDIS_URL", url, &["redis", "rediss"])?;
-        let store = crate::history::RedisHistory::new(url, &cfg.channel)
-            .map_err(|e| BrokerError::Backend(e.to_string()))?;
-        Ok(Arc::new(store))
-    }),
     create: |url| Ok(Arc::new(RedisBroker::new(url)?)),
 };
 

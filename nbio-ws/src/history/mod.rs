@@ -85,6 +85,36 @@ pub use redis::{RedisHistory, REDIS_META_TTL, REDIS_TIMEOUT};
 use crate::env::{parse_duration, ConfigError, Env};
 use crate::types::BoxFuture;
 
+/// The history store that goes with the configured pub/sub backend: the
+/// backend's own, shared by every instance (Redis: [`RedisHistory`]; NATS:
+/// [`JetStreamHistory`]), when pub/sub is enabled; else [`MemoryHistory`].
+///
+/// History depends on the broker's settings, never the other way round:
+/// the broker module knows nothing of history.
+pub(crate) fn for_pubsub(
+    config: &crate::broker::PubSubConfig,
+) -> Result<Arc<dyn HistoryStore>, crate::broker::BrokerError> {
+    let adapter = config
+        .enabled
+        .then(|| crate::broker::find_adapter(&config.adapter))
+        .flatten()
+        .filter(|r| r.def.is_some())
+        .map(|r| r.name);
+    match adapter {
+        #[cfg(feature = "redis")]
+        Some("redis") => {
+            let url = config.url();
+            crate::broker::check_url("WS_REDIS_URL", url, &["redis", "rediss"])?;
+            let store = RedisHistory::new(url, &config.channel)
+                .map_err(|e| crate::broker::BrokerError::Backend(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "nats")]
+        Some("nats") => jetstream::create(config),
+        _ => Ok(Arc::new(MemoryHistory::new())),
+    }
+}
+
 /// Most publications a room may keep, whatever the configuration.
 pub const MAX_HISTORY_SIZE: usize = 1_000_000;
 

@@ -737,7 +737,7 @@ impl ServerBuilder {
         if cfg.history.any() || self.history_store.is_some() {
             let store = match self.history_store {
                 Some(s) => s,
-                None => crate::broker::history_store(&cfg.pubsub)?,
+                None => crate::history::for_pubsub(&cfg.pubsub)?,
             };
             hub.attach_history(store, cfg.history.clone());
         }
