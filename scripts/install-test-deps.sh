@@ -11,8 +11,13 @@ need_cmd nginx nginx
 need_cmd chromium chromium   # the chat page's browser test (examples/tests/chat_browser.rs)
 if [ ${#missing_apt[@]} -gt 0 ]; then
   echo "apt-get install ${missing_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to apt-get install ${missing_apt[*]}" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing_apt[@]}" >/dev/null
 fi
 
 # Python websockets: the permessage-deflate interop test
