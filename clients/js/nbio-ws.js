@@ -33,7 +33,10 @@ export function closeAction(code) {
   return [1000, 1002, 1003, 1007, 1009, 1010].includes(code) || (code >= 4400 && code <= 4999) ? "stop" : "reconnect";
 }
 
-const isPos = (p) => !!p && typeof p.epoch === "string" && Number.isSafeInteger(p.offset) && p.offset >= 1;
+// A stream position: offset 0 is an empty room's (nothing published yet);
+// a publication's offset is 1 or more.
+const isAt = (p) => !!p && typeof p.epoch === "string" && Number.isSafeInteger(p.offset) && p.offset >= 0;
+const isPos = (p) => isAt(p) && p.offset >= 1;
 const isPub = (p) => !!p && typeof p.method === "string";
 
 /** Reads a join result the way the nbio-ws recovery protocol shapes it. */
@@ -401,7 +404,7 @@ class Room {
     this.options = options;
     this.#rpc = rpc;
     this.#forget = forget;
-    this.position = isPos(options.position) ? { epoch: options.position.epoch, offset: options.position.offset } : null;
+    this.position = isAt(options.position) ? { epoch: options.position.epoch, offset: options.position.offset } : null;
     this.state = "idle"; // idle | joining | joined
     this.result = undefined;
   }
@@ -462,7 +465,7 @@ class Room {
     if (since && r.recovered === false) {
       this.#c._emit("unrecovered", { room: this.name, since, position: r.position, result: res, reason: "server" });
     }
-    if (isPos(r.position)) {
+    if (isAt(r.position)) {
       if (this.position && r.position.epoch !== this.position.epoch) this.position = null;
       for (const p of Array.isArray(r.publications) ? r.publications : []) if (isPub(p)) this.#accept(p, true);
       const cur = this.position;

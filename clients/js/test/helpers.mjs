@@ -1,7 +1,8 @@
-// Shared by the tests: the example server binary, free ports, events.
+// Shared by the tests: the examples' binaries, free ports, a TCP proxy,
+// a redis-server, events.
 
 import { spawn, execFileSync } from "node:child_process";
-import { createServer } from "node:net";
+import { createServer, connect } from "node:net";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,7 +14,8 @@ let built = null;
 
 /**
  * A binary of the examples crate: $NBIO_WS_<NAME>_BIN when set (the cargo
- * test that runs these sets it), else built here with cargo.
+ * test that runs these sets it), else built here with cargo, with every
+ * feature (as scripts/test.sh builds them).
  */
 export function exampleBin(name) {
   const fromEnv = process.env[`NBIO_WS_${name.toUpperCase()}_BIN`];
@@ -25,7 +27,7 @@ export function exampleBin(name) {
   if (!built.has(name)) {
     const out = execFileSync(
       "cargo",
-      ["build", "-q", "-p", "nbio-ws-examples", "--bin", name, "--message-format=json-render-diagnostics"],
+      ["build", "-q", "-p", "nbio-ws-examples", "--all-features", "--bin", name, "--message-format=json-render-diagnostics"],
       { cwd: workspace, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20 },
     );
     const exe = out
@@ -51,9 +53,9 @@ export function freePort() {
 }
 
 /** A running example server on 127.0.0.1:port; stop() ends it. */
-export async function startServer({ bin = "server", port, env = {} } = {}) {
+export async function startServer({ bin = "server", port, env = {}, args = [] } = {}) {
   port ??= await freePort();
-  const child = spawn(exampleBin(bin), [], {
+  const child = spawn(exampleBin(bin), args, {
     env: { ...process.env, WS_HOST: "127.0.0.1", WS_PORT: String(port), WS_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -135,4 +137,92 @@ export function nextNotification(client, method, pred = () => true) {
       }
     });
   });
+}
+
+/**
+ * A TCP proxy from a free loopback port to 127.0.0.1:target, to take a
+ * client's connection away while its server stays up: hold() stops
+ * forwarding what the clients send (their connections stay open), cut()
+ * drops every connection and refuses new ones, restore() forwards again.
+ */
+export async function tcpProxy(target) {
+  const pairs = new Set();
+  let refusing = false;
+  const server = createServer((down) => {
+    if (refusing) return down.destroy();
+    const up = connect(target, "127.0.0.1");
+    const pair = { down, up };
+    pairs.add(pair);
+    const end = () => {
+      pairs.delete(pair);
+      down.destroy();
+      up.destroy();
+    };
+    for (const s of [down, up]) s.on("error", end).on("close", end);
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise((res, rej) => server.once("error", rej).listen(0, "127.0.0.1", res));
+  const port = server.address().port;
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    hold() {
+      for (const { down, up } of pairs) {
+        down.unpipe(up);
+        down.pause();
+      }
+    },
+    cut() {
+      refusing = true;
+      for (const { down, up } of [...pairs]) {
+        down.destroy();
+        up.destroy();
+      }
+    },
+    restore() {
+      refusing = false;
+    },
+    close() {
+      this.cut();
+      return new Promise((res) => server.close(res));
+    },
+  };
+}
+
+/**
+ * A Redis for the tests: $NBIO_WS_REDIS_URL when set (the cargo test
+ * starts one with the test kit), else a redis-server of our own on a free
+ * port when the binaries are built here; null when there is none (a cargo
+ * test without the `redis` feature). stop() ends ours.
+ */
+export async function redis() {
+  if (process.env.NBIO_WS_REDIS_URL) return { url: process.env.NBIO_WS_REDIS_URL, stop: async () => {} };
+  if (process.env.NBIO_WS_CHAT_BIN) return null;
+  const port = await freePort();
+  const child = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  const spawned = await new Promise((res) => child.once("spawn", () => res(true)).once("error", () => res(false)));
+  if (!spawned) return null;
+  const exited = new Promise((r) => child.once("exit", r));
+  for (let i = 0; ; i++) {
+    const pong = await new Promise((res) => {
+      const s = connect(port, "127.0.0.1", () => s.write("PING\r\n"));
+      s.once("data", (d) => (s.destroy(), res(d.toString().startsWith("+PONG"))));
+      s.once("error", () => res(false));
+    });
+    if (pong) break;
+    if (child.exitCode !== null || i > 200) throw new Error(`redis-server on port ${port} did not come up`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill("SIGKILL");
+        await exited;
+      }
+    },
+  };
 }

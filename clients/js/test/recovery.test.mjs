@@ -276,6 +276,30 @@ test("a join lost with its connection is sent again after reconnecting; join() r
   }
 });
 
+test("an empty room's position (offset 0) is kept: the rejoin recovers from it", async () => {
+  const { srv, c, r, got } = await setup();
+  try {
+    const joined = r.join();
+    const first = await srv.connection();
+    const j1 = await first.recv();
+    first.reply(j1, { recovered: false, position: { epoch: E, offset: 0 }, publications: [] });
+    await joined;
+    assert.deepEqual(r.position, { epoch: E, offset: 0 });
+    first.close(1012);
+    const second = await srv.connection();
+    const j2 = await second.recv();
+    assert.deepEqual(j2.params, { room: "lobby", since: { epoch: E, offset: 0 } });
+    const rejoined = next(c, "joined");
+    second.reply(j2, { recovered: true, position: { epoch: E, offset: 1 }, publications: recovered("lobby", [1]) });
+    const d = await rejoined;
+    assert.equal(d.recovered, true);
+    assert.deepEqual(got, [[1, true]]);
+  } finally {
+    c.close();
+    await srv.close();
+  }
+});
+
 test("close() rejects a pending join with kind closed", async () => {
   const { srv, c, r } = await setup();
   try {
