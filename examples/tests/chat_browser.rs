@@ -2,7 +2,11 @@
 //! headless Chromium driven by playwright-core) against this build's `chat`
 //! binary: once against one instance, and (with the `redis` feature) once
 //! against two instances sharing a real `redis-server`, alice's page on one
-//! and bob's on the other.
+//! and bob's on the other (alice's instance is killed while bob sends 20
+//! messages; her page must show all 20, once each, in order). And the
+//! JavaScript client's README example (`browser-test/client-example.mjs`)
+//! as a user runs it: saved in a folder the `server` binary serves with
+//! `--static`.
 //!
 //! Needs node, npm and Debian's chromium (`scripts/install-test-deps.sh`
 //! installs them): without one of them the test fails, naming it, unless
@@ -56,18 +60,33 @@ fn chat_page_across_two_instances_in_headless_chromium() {
     ]);
 }
 
+/// The client README's example page, saved in a folder of its own and
+/// served by the example `server` with `--static`: its call, error and
+/// broadcasts in two pages, a server restart, and `/client-example.html`
+/// the same page byte for byte.
+#[test]
+fn js_client_readme_example_in_headless_chromium() {
+    nbio_ws_testkit::require_tools!("node", "npm", "chromium");
+    run_script("client-example.mjs", env!("CARGO_BIN_EXE_server"), &[]);
+}
+
 fn run_browser_test(env: &[(&str, &str)]) {
+    run_script("test.mjs", env!("CARGO_BIN_EXE_chat"), env);
+}
+
+/// Runs `browser-test/<script> <bin>` and checks its summary line.
+fn run_script(script: &str, bin: &str, env: &[(&str, &str)]) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let chromium = chromium();
     let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "chat", "browser-test"]
         .iter()
         .collect();
     npm_ci(&dir, &["playwright-core"]);
-    // test.mjs gives up by itself after 150 s; this is the backstop.
+    // The scripts give up by themselves after 150 s at most; this is the backstop.
     let (status, out) = run_captured(
         Command::new("node")
-            .arg(dir.join("test.mjs"))
-            .arg(env!("CARGO_BIN_EXE_chat"))
+            .arg(dir.join(script))
+            .arg(bin)
             .env("CHROMIUM", &chromium)
             .envs(env.iter().copied()),
         Duration::from_secs(240),

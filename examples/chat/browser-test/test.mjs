@@ -23,21 +23,21 @@
 //     CHAT_INSTANCES=2 node examples/chat/browser-test/test.mjs target/debug/chat
 
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync, existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 // The JavaScript client's test helpers (node builtins only).
 import { freePort } from "../../../clients/js/test/helpers.mjs";
+import { TIMEOUT, assert, checks, launch, playwright, watchErrors, watchdog } from "./harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const outDir = join(here, "out");
-const TIMEOUT = 10_000;
 const OVERALL_TIMEOUT = 150_000;
 const MAX_ROOMS = 3;
+/** Messages bob sends while alice's instance is down (two instances). */
+const MISSED = 20;
 
 const bin = resolve(process.argv[2] || process.env.CHAT_BIN || "");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 if (!process.argv[2] && !process.env.CHAT_BIN) {
   console.error("usage: node test.mjs PATH/TO/chat  (or CHAT_BIN=PATH/TO/chat)");
   process.exit(2);
@@ -46,26 +46,14 @@ if (!existsSync(bin)) {
   console.error(`no chat binary at ${bin}: build it with cargo build -p nbio-ws-examples --bin chat`);
   process.exit(2);
 }
-if (!existsSync(chromiumPath)) {
-  console.error(`no Chromium at ${chromiumPath}: apt-get install chromium (or set CHROMIUM)`);
-  process.exit(2);
-}
-
-let chromium;
-try {
-  ({ chromium } = await import("playwright-core"));
-} catch (e) {
-  console.error(`playwright-core is missing: npm ci --prefix ${here}\n${e.message}`);
-  process.exit(2);
-}
+const browser = await playwright(here);
 
 // ---- processes and cleanup --------------------------------------------------
 
 const INSTANCES = process.env.CHAT_INSTANCES === "2" ? 2 : 1;
 let servers = [];
 let serverLog = "";
-let context = null;
-let userDataDir = null;
+let chrome = null;
 
 function startServer(port) {
   const child = spawn(bin, [], {
@@ -116,50 +104,15 @@ let cleaned = false;
 async function cleanup() {
   if (cleaned) return;
   cleaned = true;
-  if (context) await context.close().catch(() => {});
+  if (chrome) await chrome.close();
   await Promise.all(servers.map((s) => stopServer(s)));
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 }
-
-for (const sig of ["SIGINT", "SIGTERM"]) {
-  process.on(sig, async () => {
-    await cleanup();
-    process.exit(1);
-  });
-}
-const watchdog = setTimeout(async () => {
-  console.error(`browser test took over ${OVERALL_TIMEOUT / 1000}s; giving up`);
-  console.log("browser: 0 passed, 1 failed");
-  await cleanup();
-  process.exit(1);
-}, OVERALL_TIMEOUT);
+const stopWatchdog = watchdog(OVERALL_TIMEOUT, cleanup);
 
 // ---- the checks ---------------------------------------------------------------
 
-const results = [];
-let failedAlready = false;
-
-async function check(name, fn) {
-  if (failedAlready) {
-    results.push({ name, status: "skipped" });
-    console.log(`skip  ${name}`);
-    return;
-  }
-  const t0 = Date.now();
-  try {
-    await fn();
-    results.push({ name, status: "passed" });
-    console.log(`ok    ${name} (${Date.now() - t0} ms)`);
-  } catch (e) {
-    failedAlready = true;
-    results.push({ name, status: "failed" });
-    console.log(`FAIL  ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
+const run = checks();
+const check = run.check;
 
 const XSS = `<script>window.__xss=1</script><img src=x onerror="window.__xss=2">`;
 
@@ -217,26 +170,12 @@ try {
   for (const p of ports) await waitHealthy(p);
   if (INSTANCES > 1) console.log(`two instances: alice on :${ports[0]}, bob on :${ports[1]}`);
 
-  userDataDir = mkdtempSync(join(tmpdir(), "nbio-chat-chromium-"));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      "--disable-quic",
-    ],
-    viewport: { width: 1100, height: 720 },
-  });
-  context.setDefaultTimeout(TIMEOUT);
+  chrome = await launch(browser);
+  const { context } = chrome;
   const alice = context.pages()[0] || (await context.newPage());
   const bob = await context.newPage();
   pages = { alice, bob };
-  for (const [name, page] of Object.entries(pages)) {
+  const prepare = async (name, page) => {
     // Keep each page's WebSockets reachable, to read what they negotiated.
     await page.addInitScript(() => {
       const Native = window.WebSocket;
@@ -248,15 +187,9 @@ try {
         }
       };
     });
-    page.on("pageerror", (e) => jsErrors.push(`${name}: ${e.message}`));
-    page.on("console", (m) => {
-      // A refused WebSocket connection while the server restarts is logged
-      // by Chromium itself; that one is expected.
-      if (m.type() === "error" && !/WebSocket connection to .* failed/.test(m.text())) {
-        jsErrors.push(`${name} console: ${m.text()}`);
-      }
-    });
-  }
+    watchErrors(page, name, jsErrors);
+  };
+  for (const [name, page] of Object.entries(pages)) await prepare(name, page);
 
   const baseOf = (page) => (page === bob ? bases[bases.length - 1] : bases[0]);
   await check("page loads and connects to ws://…/ws", async () => {
@@ -376,7 +309,7 @@ try {
       assert(injected === 0, `${injected} injected elements in the message list`);
     }
   });
-  if (!failedAlready) await screenshots("conversation");
+  if (!run.failed) await screenshots("conversation");
 
   await check("bob leaves: alice gets a leave notice and the member list drops him", async () => {
     await bob.getByTestId("leave-button").click();
@@ -408,22 +341,50 @@ try {
     await msgText(alice, "alice", "back again").waitFor();
   });
 
+  // With two instances sharing Redis (history included), bob keeps talking
+  // on the second while alice's is down: her page recovers what it missed.
+  if (INSTANCES > 1) {
+    await check(`alice's instance killed while bob, on the other, sends ${MISSED} messages: after its restart alice's page shows all ${MISSED}, once each, in order`, async () => {
+      const bob = await context.newPage();
+      await prepare("bob", bob);
+      pages.bob = bob;
+      await bob.goto(bases[1]);
+      await bob.locator("#conn[data-state=open]").waitFor();
+      await joinAs(bob, "bob", "lobby");
+      await member(alice, "bob").waitFor();
+      await stopServer(servers[0], "SIGKILL");
+      await alice.locator("#conn[data-state=waiting]").waitFor();
+      const sent = Array.from({ length: MISSED }, (_, i) => `missed ${i + 1} of ${MISSED}`);
+      for (const text of sent) await say(bob, text);
+      servers[0] = startServer(port);
+      await waitHealthy(port);
+      await alice.locator("#conn[data-state=open]").waitFor({ timeout: 20_000 });
+      await say(bob, "after the restart");
+      await msgText(alice, "bob", "after the restart").waitFor();
+      const shown = await alice
+        .locator('#messages [data-testid=message][data-nick="bob"] [data-testid=message-text]')
+        .allTextContents();
+      const missed = shown.filter((t) => t.startsWith("missed "));
+      assert(JSON.stringify(missed) === JSON.stringify(sent), `alice shows ${JSON.stringify(missed)}`);
+      assert(shown.at(-1) === "after the restart", `the live message comes last: ${JSON.stringify(shown.slice(-3))}`);
+      const gaps = await notice(alice, "info", "Some messages may be missing").count();
+      assert(gaps === 0, `${gaps} "may be missing" notices`);
+      console.log(`      alice shows bob's ${missed.length} missed messages in order, then the live one`);
+    });
+  }
+
   await check("no JavaScript errors on the pages", async () => {
     assert(jsErrors.length === 0, jsErrors.join("\n"));
+    console.log(`      ${jsErrors.length} JavaScript errors (pageerror, console.error); pages open: ${Object.keys(pages).join(", ")}`);
   });
 
-  await screenshots(failedAlready ? "failure" : "success");
+  await screenshots(run.failed ? "failure" : "success");
 } catch (e) {
-  failedAlready = true;
-  results.push({ name: "setup", status: "failed" });
-  console.log(`FAIL  setup: ${e && e.stack ? e.stack : e}`);
+  run.fail("setup", e);
   await screenshots("failure");
 }
 
-const n = (s) => results.filter((r) => r.status === s).length;
-if (n("failed") > 0 && serverLog.trim()) console.log(`--- chat server log (tail) ---\n${serverLog}`);
+if (run.failed && serverLog.trim()) console.log(`--- chat server log (tail) ---\n${serverLog}`);
 await cleanup();
-clearTimeout(watchdog);
-const skipped = n("skipped") ? `, ${n("skipped")} skipped` : "";
-console.log(`browser: ${n("passed")} passed, ${n("failed")} failed${skipped}`);
-process.exit(n("failed") > 0 ? 1 : 0);
+stopWatchdog();
+process.exit(run.summary() ? 0 : 1);

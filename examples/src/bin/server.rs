@@ -1,5 +1,5 @@
 //! The seed-compatible server: `self.reply` and `broadcast`, configured
-//! only from `WS_*` environment variables.
+//! from `WS_*` environment variables.
 //!
 //! ```text
 //! cargo run -p nbio-ws-examples --bin server
@@ -13,7 +13,15 @@
 //! (both methods, their params and results, the `broadcast` notification).
 //!
 //! It also serves the JavaScript client at `/nbio-ws.js` and its example
-//! page at `/client-example.html` (`clients/js/`).
+//! page at `/client-example.html` (`clients/js/`). With `--static DIR` it
+//! serves the files of a folder of your own too, read at startup, each at
+//! its path below the folder (see `nbio_ws_examples::static_dir`):
+//!
+//! ```text
+//! mkdir mypage && $EDITOR mypage/index.html      # the client README's example, say
+//! cargo run -p nbio-ws-examples --bin server -- --static mypage
+//! # open http://127.0.0.1:8080/ (index.html), or /any-other-file.html
+//! ```
 //!
 //! Several instances share broadcasts through Redis or NATS when built
 //! with the `redis`/`nats` features (`--all-features` gives both):
@@ -28,6 +36,7 @@
 use nbio_ws::{rpc_method, Hub, RpcError, Server};
 // The `text` extractor of both methods, shared with the tests.
 use nbio_ws_examples::seed::Text;
+use nbio_ws_examples::static_dir::{self, StaticFile};
 use serde::Serialize;
 
 /// The answer to `self.reply`.
@@ -101,8 +110,34 @@ fn broadcast(hub: Hub, Text(text): Text) -> Result<Broadcasted, RpcError> {
     })
 }
 
+const USAGE: &str = "usage: server [--static DIR]  (settings: WS_* environment variables)";
+
+/// The files of `--static DIR`, if given; an error for anything else.
+fn static_files() -> Result<Vec<StaticFile>, String> {
+    let mut args = std::env::args_os().skip(1);
+    let mut files = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--static") => {
+                let dir = args.next().ok_or("--static needs a folder")?;
+                files.extend(static_dir::read_static_dir(dir.as_ref())?);
+            }
+            Some("-h" | "--help") => return Err(USAGE.into()),
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        }
+    }
+    Ok(files)
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let files = match static_files() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let config = match nbio_ws::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -124,7 +159,7 @@ async fn main() -> std::process::ExitCode {
             "broadcast",
             "A text sent with the `broadcast` method, by any client.",
         );
-    let server = builder
+    let builder = builder
         .page(
             "/nbio-ws.js",
             "text/javascript; charset=utf-8",
@@ -134,8 +169,9 @@ async fn main() -> std::process::ExitCode {
             "/client-example.html",
             "text/html; charset=utf-8",
             include_str!("../../../clients/js/example.html"),
-        )
-        .build();
+        );
+    let served = files.len();
+    let server = static_dir::serve(builder, files).build();
     let server = match server {
         Ok(s) => s,
         Err(e) => {
@@ -144,6 +180,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(methods = ?server.method_names(), "nbio-ws example server");
+    if served > 0 {
+        tracing::info!(files = served, "serving the --static folder's files");
+    }
     if let Some(broker) = server.hub().broker_health() {
         tracing::info!(
             adapter = broker.adapter,
