@@ -1,6 +1,7 @@
 // Close-code behaviour, with a scripted ws server that closes with each
-// code. (The real server's 1001, 1006 and 1009 are in server.test.mjs; it
-// has no way yet to close with the 4xxx codes.)
+// code. (The real server's 1001, 1006 and 1009 are in server.test.mjs; the
+// framework sends the 4xxx codes only when an application closes a client
+// with one.)
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
