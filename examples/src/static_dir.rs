@@ -124,16 +124,19 @@ fn walk(
             walk(&path, &url, depth + 1, files, total)?;
         } else if kind.is_file() {
             if files.len() == MAX_FILES {
-                return Err(format!(
-                    "{}: more than {MAX_FILES} files",
-                    dir.display()
-                ));
+                return Err(format!("{}: more than {MAX_FILES} files", dir.display()));
             }
             let len = entry
                 .metadata()
                 .map_err(|e| format!("{}: {e}", path.display()))?
                 .len();
-            let too_much = || format!("{}: more than {} MiB in all", dir.display(), MAX_BYTES >> 20);
+            let too_much = || {
+                format!(
+                    "{}: more than {} MiB in all",
+                    dir.display(),
+                    MAX_BYTES >> 20
+                )
+            };
             if *total + len > MAX_BYTES {
                 return Err(too_much());
             }
