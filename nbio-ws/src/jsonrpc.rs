@@ -50,6 +50,12 @@ pub const MAX_DETAIL: usize = 256;
 /// `data.limit` gives it. See [`JoinError`](crate::JoinError).
 pub const JOIN_REFUSED: i64 = -32020;
 
+/// A message was too large to publish through the broker and was sent to
+/// nobody (`-32021`, in the server-error range); `data.size` and
+/// `data.limit` give its size and the most the broker takes, in bytes.
+/// See [`BroadcastError`](crate::BroadcastError).
+pub const MESSAGE_TOO_LARGE: i64 = -32021;
+
 /// A JSON-RPC error object: what a handler returns to fail a request.
 ///
 /// The constructors cover the codes of the specification; any code can be
@@ -105,6 +111,11 @@ impl RpcError {
     /// server-error range), with `data.reason`, `data.limit` and
     /// `data.detail`. See [`JoinError`](crate::JoinError).
     pub const JOIN_REFUSED: i64 = JOIN_REFUSED;
+    /// A message was too large to publish through the broker and was sent
+    /// to nobody (`-32021`, in the server-error range), with `data.size`,
+    /// `data.limit` and `data.detail`. See
+    /// [`BroadcastError`](crate::BroadcastError).
+    pub const MESSAGE_TOO_LARGE: i64 = MESSAGE_TOO_LARGE;
 
     /// An error with the given code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
@@ -119,6 +130,24 @@ impl RpcError {
     pub fn with_data(mut self, data: serde_json::Value) -> Self {
         self.data = Some(data);
         self
+    }
+
+    /// `-32021 Message too large`: a message of `size` bytes (as
+    /// published) does not fit in one broker payload of at most `limit`.
+    ///
+    /// ```
+    /// let e = nbio_ws::RpcError::message_too_large(70_000, 65_536);
+    /// assert_eq!(e.code, nbio_ws::RpcError::MESSAGE_TOO_LARGE);
+    /// assert_eq!(e.data.unwrap()["size"], 70_000);
+    /// ```
+    pub fn message_too_large(size: usize, limit: usize) -> Self {
+        Self::new(MESSAGE_TOO_LARGE, "Message too large").with_data(serde_json::json!({
+            "size": size,
+            "limit": limit,
+            "detail": format!(
+                "the message is {size} bytes; at most {limit} can reach the other instances"
+            ),
+        }))
     }
 
     /// `-32700 Parse error`, with `data.detail`.
@@ -222,6 +251,7 @@ impl RpcError {
             RATE_LIMITED => "rate_limited",
             REQUEST_TIMEOUT => "request_timeout",
             JOIN_REFUSED => "join_refused",
+            MESSAGE_TOO_LARGE => "message_too_large",
             _ => "application",
         }
     }

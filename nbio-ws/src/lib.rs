@@ -228,7 +228,7 @@ pub use router::{
     registered_methods, FromRequest, Handler, MethodDef, Params, RequestContext, State,
 };
 pub use server::{shutdown_signal, BuildError, ServeError, Server, ServerBuilder};
-pub use types::{ClientId, JoinError, Member, ParseClientIdError, PresenceEvent};
+pub use types::{BroadcastError, ClientId, JoinError, Member, ParseClientIdError, PresenceEvent};
 pub use ws::RawMessage;
 
 /// Registers a function as a JSON-RPC method, at compile time.

@@ -225,6 +225,43 @@ pub enum JoinError {
     Disconnected,
 }
 
+/// Why [`Hub::broadcast`](crate::Hub::broadcast) or a room's
+/// [`notify`](crate::RoomSender::notify) sent nothing.
+///
+/// Converts into a JSON-RPC error, so a handler can return it with `?`:
+/// [`TooLarge`](BroadcastError::TooLarge) becomes `-32021`
+/// ([`RpcError::MESSAGE_TOO_LARGE`](crate::RpcError::MESSAGE_TOO_LARGE))
+/// with `data.size` and `data.limit`, [`Serialize`](BroadcastError::Serialize)
+/// `-32603`.
+///
+/// ```
+/// use nbio_ws::{BroadcastError, RpcError};
+///
+/// let e = RpcError::from(BroadcastError::TooLarge { size: 2_000_000, limit: 1_048_576 });
+/// assert_eq!(e.code, RpcError::MESSAGE_TOO_LARGE);
+/// assert_eq!(e.data.as_ref().unwrap()["limit"], 1_048_576);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BroadcastError {
+    /// The params could not be serialized.
+    #[error("cannot serialize the message: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The message is larger than one broker payload may be, so it could
+    /// not reach the other instances: it was sent to nobody, here or
+    /// elsewhere (never a partial delivery). Counted in
+    /// `nbio_ws_broker_messages_too_large_total`.
+    #[error("the message is {size} bytes as published; the broker accepts at most {limit}")]
+    TooLarge {
+        /// The bytes it would take in one broker payload.
+        size: usize,
+        /// The most one payload may take: the broker's limit (NATS's
+        /// `max_payload`), or the publish queue's (`WS_PUBSUB_QUEUE_BYTES`)
+        /// if smaller.
+        limit: usize,
+    },
+}
+
 impl JoinError {
     /// The `data.reason` of the JSON-RPC error.
     pub(crate) fn reason(&self) -> &'static str {

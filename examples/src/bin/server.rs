@@ -94,7 +94,10 @@ fn self_reply(Text(text): Text) -> Reply {
 /// answer.
 #[rpc_method(
     "broadcast",
-    errors(-32602 = "text field is required and must be a non-empty string"),
+    errors(
+        -32602 = "text field is required and must be a non-empty string",
+        -32021 = "with a broker: the text is too large to reach the other instances"
+    ),
     example(
         name = "hello all",
         params = r#"{"text": "hello all"}"#,
@@ -102,8 +105,8 @@ fn self_reply(Text(text): Text) -> Reply {
     )
 )]
 fn broadcast(hub: Hub, Text(text): Text) -> Result<Broadcasted, RpcError> {
-    hub.broadcast("broadcast", &BroadcastNotification { text: &text })
-        .map_err(RpcError::internal)?;
+    // With a broker, a text too large for it is -32021, sent to nobody.
+    hub.broadcast("broadcast", &BroadcastNotification { text: &text })?;
     Ok(Broadcasted {
         status: "broadcasted",
         text_length: text.len(),

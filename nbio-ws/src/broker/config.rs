@@ -18,6 +18,7 @@ use crate::env::{ConfigError, Env};
 /// | `WS_NATS_URL` | `nats://127.0.0.1:4222` | NATS server(s) to use with `nats` (comma-separated) |
 /// | `WS_PUBSUB_CHANNEL` | `websocket.broadcast` | the channel (Redis) or subject (NATS) every instance shares |
 /// | `WS_PRESENCE_TTL` | `15s` | the members of an instance not heard from this long are dropped (see [`broker`](crate::broker)) |
+/// | `WS_PUBSUB_QUEUE_BYTES` | `64MiB` | most bytes waiting in the publish queue (see [Limits](crate::broker#limits)) |
 ///
 /// ```
 /// use nbio_ws::broker::PubSubConfig;
@@ -50,6 +51,12 @@ pub struct PubSubConfig {
     /// hearing from it (`WS_PRESENCE_TTL`); it sends a heartbeat every
     /// third of that.
     pub presence_ttl: Duration,
+    /// Most bytes of messages waiting in the hub's publish queue
+    /// (`WS_PUBSUB_QUEUE_BYTES`, [`DEFAULT_QUEUE_BYTES`]): past it a
+    /// message still reaches this instance's clients but not the others
+    /// (counted in `nbio_ws_broker_publish_failures_total`), and no single
+    /// message larger than this can cross instances.
+    pub queue_bytes: usize,
 }
 
 /// The default `WS_PUBSUB_CHANNEL`.
@@ -59,6 +66,10 @@ pub const DEFAULT_CHANNEL: &str = "websocket.broadcast";
 /// from for this long are dropped by the others.
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
 
+/// The default `WS_PUBSUB_QUEUE_BYTES`: the publish queue holds at most
+/// 64 MiB of messages (and at most 8192 of them).
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
+
 impl Default for PubSubConfig {
     fn default() -> Self {
         PubSubConfig {
@@ -67,6 +78,7 @@ impl Default for PubSubConfig {
             urls: BTreeMap::new(),
             channel: DEFAULT_CHANNEL.into(),
             presence_ttl: DEFAULT_PRESENCE_TTL,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -109,6 +121,12 @@ impl PubSubConfig {
     /// heartbeat (at least 300 ms).
     pub fn presence_ttl(mut self, ttl: Duration) -> Self {
         self.presence_ttl = ttl.max(Duration::from_millis(300));
+        self
+    }
+
+    /// Most bytes of messages waiting to be published (at least 64 KiB).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes.max(MIN_QUEUE_BYTES);
         self
     }
 
@@ -157,6 +175,7 @@ impl PubSubConfig {
             presence_ttl: env
                 .duration_nonzero("WS_PRESENCE_TTL")?
                 .unwrap_or(d.presence_ttl),
+            queue_bytes: env.size("WS_PUBSUB_QUEUE_BYTES")?.unwrap_or(d.queue_bytes),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -182,6 +201,13 @@ impl PubSubConfig {
                 reason: "expected at least 300ms (heartbeats go out every third of it)".into(),
             });
         }
+        if self.queue_bytes < MIN_QUEUE_BYTES {
+            return Err(ConfigError {
+                var: "WS_PUBSUB_QUEUE_BYTES",
+                value: self.queue_bytes.to_string(),
+                reason: "expected at least 64KiB".into(),
+            });
+        }
         if !self.enabled {
             return Ok(());
         }
@@ -201,6 +227,9 @@ impl PubSubConfig {
         }
     }
 }
+
+/// The smallest `WS_PUBSUB_QUEUE_BYTES`.
+const MIN_QUEUE_BYTES: usize = 64 << 10;
 
 fn check_channel(channel: &str) -> Result<(), ConfigError> {
     let bad = channel.is_empty()
@@ -249,8 +278,10 @@ mod tests {
             ("WS_PUBSUB_ADAPTER", "local"),
             ("WS_PUBSUB_CHANNEL", "chat.all"),
             ("WS_REDIS_URL", "redis://:pw@10.0.0.1:6380/2"),
+            ("WS_PUBSUB_QUEUE_BYTES", "8MiB"),
         ])
         .unwrap();
+        assert_eq!(c.pubsub.queue_bytes, 8 << 20);
         assert!(c.pubsub.enabled);
         assert_eq!(c.pubsub.adapter, "local");
         assert_eq!(c.pubsub.channel, "chat.all");
@@ -267,6 +298,14 @@ mod tests {
             (vec![("WS_PUBSUB_ADAPTER", "kafka")], "WS_PUBSUB_ADAPTER"),
             (vec![("WS_PUBSUB_CHANNEL", "a b")], "WS_PUBSUB_CHANNEL"),
             (vec![("WS_PUBSUB_CHANNEL", "a.*")], "WS_PUBSUB_CHANNEL"),
+            (
+                vec![("WS_PUBSUB_QUEUE_BYTES", "lots")],
+                "WS_PUBSUB_QUEUE_BYTES",
+            ),
+            (
+                vec![("WS_PUBSUB_QUEUE_BYTES", "1KiB")],
+                "WS_PUBSUB_QUEUE_BYTES",
+            ),
             (
                 vec![
                     ("WS_PUBSUB_ENABLED", "1"),

@@ -154,7 +154,7 @@ mod config;
 mod url;
 
 pub use backoff::Backoff;
-pub use config::{PubSubConfig, DEFAULT_CHANNEL, DEFAULT_PRESENCE_TTL};
+pub use config::{PubSubConfig, DEFAULT_CHANNEL, DEFAULT_PRESENCE_TTL, DEFAULT_QUEUE_BYTES};
 pub use url::{check_url, redact_url};
 
 use crate::env::ConfigError;
@@ -284,6 +284,18 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is reachable now (for `/health` and metrics).
     fn health(&self) -> BrokerHealth;
+
+    /// The largest payload [`publish`](Broker::publish) accepts now, in
+    /// bytes; `None` (the default) for a backend without a limit.
+    ///
+    /// The hub never publishes more in one payload: it packs its batches
+    /// below it and refuses, before delivering it anywhere, a message
+    /// that would not fit alone (see [Limits](self#limits)). Called for
+    /// every message queued, so keep it cheap; it may change (NATS learns
+    /// it from the server it connects to).
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<B: Broker + ?Sized> Broker for Arc<B> {
@@ -302,6 +314,9 @@ impl<B: Broker + ?Sized> Broker for Arc<B> {
     }
     fn health(&self) -> BrokerHealth {
         (**self).health()
+    }
+    fn max_payload(&self) -> Option<usize> {
+        (**self).max_payload()
     }
 }
 
@@ -342,16 +357,26 @@ pub struct BrokerStatus {
 /// [`closed`](SubscriptionSender::closed) resolves, and a hook set with
 /// [`Subscription::on_drop`] runs.
 ///
+/// What waits unread is bounded twice: in payloads (the `capacity` given
+/// to [`Subscription::channel`]) and in bytes
+/// ([`Subscription::BUFFER_BYTES`]; a larger payload waits for an empty
+/// buffer and then goes alone). A backend that reads many channels from
+/// one connection delivers with [`SubscriptionSender::offer`], which never
+/// waits: a subscription whose buffer is full loses the payload (counted
+/// in [`Subscription::dropped`]) and the other channels go on.
+///
 /// ```
 /// use nbio_ws::broker::Subscription;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let (tx, mut sub) = Subscription::channel(16);
+/// let (tx, mut sub) = Subscription::channel(1);
 /// tx.ready();
 /// sub.ready().await;
 /// tx.send("hello".into()).await.unwrap();
+/// assert_eq!(tx.offer("full".into()), Ok(false)); // dropped: one payload waits already
 /// assert_eq!(sub.next().await.unwrap(), "hello");
+/// assert_eq!(sub.dropped(), 1);
 /// drop(sub);
 /// assert!(tx.is_closed());
 /// # }
@@ -359,13 +384,33 @@ pub struct BrokerStatus {
 pub struct Subscription {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     ready: tokio::sync::watch::Receiver<bool>,
+    budget: Arc<Budget>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+/// The bytes a subscription may hold unread, and what it lost.
+#[derive(Debug)]
+struct Budget {
+    /// One permit per byte that may still be buffered.
+    bytes: tokio::sync::Semaphore,
+    /// Payloads [`SubscriptionSender::offer`] dropped.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    /// The permits a payload of `len` bytes holds (a payload larger than
+    /// the whole budget holds all of it).
+    fn cost(len: usize) -> u32 {
+        // BUFFER_BYTES < u32::MAX.
+        len.min(Subscription::BUFFER_BYTES) as u32
+    }
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("ready", &*self.ready.borrow())
+            .field("dropped", &self.dropped())
             .finish_non_exhaustive()
     }
 }
@@ -375,6 +420,7 @@ impl std::fmt::Debug for Subscription {
 pub struct SubscriptionSender {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    budget: Arc<Budget>,
 }
 
 /// The [`Subscription`] was dropped: nobody reads this channel any more.
@@ -383,19 +429,31 @@ pub struct SubscriptionSender {
 pub struct SubscriptionClosed;
 
 impl Subscription {
+    /// Most bytes of payloads a subscription holds unread (64 MiB),
+    /// whatever its capacity in payloads.
+    pub const BUFFER_BYTES: usize = 64 << 20;
+
     /// A subscription and the sender a backend feeds it with; `capacity`
-    /// payloads may wait unread before [`SubscriptionSender::send`] waits.
+    /// payloads (and at most [`BUFFER_BYTES`](Self::BUFFER_BYTES)) may
+    /// wait unread before [`SubscriptionSender::send`] waits and
+    /// [`SubscriptionSender::offer`] drops.
     pub fn channel(capacity: usize) -> (SubscriptionSender, Subscription) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        let budget = Arc::new(Budget {
+            bytes: tokio::sync::Semaphore::new(Subscription::BUFFER_BYTES),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        });
         (
             SubscriptionSender {
                 tx,
                 ready: Arc::new(ready_tx),
+                budget: Arc::clone(&budget),
             },
             Subscription {
                 rx,
                 ready: ready_rx,
+                budget,
                 on_drop: None,
             },
         )
@@ -411,7 +469,20 @@ impl Subscription {
 
     /// The next payload; `None` when the backend stopped for good.
     pub async fn next(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        let payload = self.rx.recv().await?;
+        self.budget
+            .bytes
+            .add_permits(Budget::cost(payload.len()) as usize);
+        Some(payload)
+    }
+
+    /// How many payloads were dropped so far because this subscription's
+    /// buffer was full when they arrived (see
+    /// [`SubscriptionSender::offer`]).
+    pub fn dropped(&self) -> u64 {
+        self.budget
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once the backend has confirmed the subscription (from then
@@ -443,9 +514,59 @@ impl Drop for Subscription {
 
 impl SubscriptionSender {
     /// Delivers one payload, waiting while the subscription's buffer is
-    /// full.
+    /// full (in payloads or in bytes).
     pub async fn send(&self, payload: Bytes) -> Result<(), SubscriptionClosed> {
-        self.tx.send(payload).await.map_err(|_| SubscriptionClosed)
+        let permit = tokio::select! {
+            p = self.budget.bytes.acquire_many(Budget::cost(payload.len())) => p,
+            _ = self.tx.closed() => return Err(SubscriptionClosed),
+        };
+        // The semaphore is never closed.
+        let Ok(permit) = permit else {
+            return Err(SubscriptionClosed);
+        };
+        permit.forget();
+        self.tx.send(payload).await.map_err(|e| {
+            self.budget
+                .bytes
+                .add_permits(Budget::cost(e.0.len()) as usize);
+            SubscriptionClosed
+        })
+    }
+
+    /// Delivers one payload if the subscription's buffer has room for it
+    /// (`Ok(true)`), else drops it and counts it in
+    /// [`Subscription::dropped`] (`Ok(false)`). Never waits: a backend
+    /// that reads several channels from one connection uses it, so that
+    /// one subscription that is not read cannot hold up the others.
+    pub fn offer(&self, payload: Bytes) -> Result<bool, SubscriptionClosed> {
+        if self.tx.is_closed() {
+            return Err(SubscriptionClosed);
+        }
+        let cost = Budget::cost(payload.len());
+        let Ok(permit) = self.budget.bytes.try_acquire_many(cost) else {
+            self.count_drop();
+            return Ok(false);
+        };
+        permit.forget();
+        match self.tx.try_send(payload) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.budget.bytes.add_permits(cost as usize);
+                match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                        self.count_drop();
+                        Ok(false)
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => Err(SubscriptionClosed),
+                }
+            }
+        }
+    }
+
+    fn count_drop(&self) {
+        self.budget
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks the subscription confirmed by the broker.
@@ -488,6 +609,14 @@ pub enum BrokerError {
     /// The operation did not finish in time.
     #[error("the broker did not answer in time")]
     Timeout,
+    /// The payload is larger than the broker accepts.
+    #[error("the payload is {size} bytes; the broker accepts at most {limit}")]
+    TooLarge {
+        /// The payload's size, in bytes.
+        size: usize,
+        /// The most the broker accepts, in bytes.
+        limit: usize,
+    },
     /// An error from the backend's client library.
     #[error("{0}")]
     Backend(String),

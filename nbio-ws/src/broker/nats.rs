@@ -24,12 +24,17 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::{redact_url, Backoff};
-use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription};
+use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription, SubscriptionSender};
 use crate::env::ConfigError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// Payloads one subscription may hold unread (and at most
+/// [`Subscription::BUFFER_BYTES`]); past that it loses what arrives.
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+/// NATS's default `max_payload`, assumed until the server says otherwise.
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 /// A broker on NATS core pub/sub.
 ///
@@ -52,6 +57,9 @@ struct Inner {
     /// The URLs with credentials masked, for logs.
     shown: String,
     client: OnceCell<async_nats::Client>,
+    /// Subjects whose subscription the server refused (an `-ERR` such as
+    /// a permissions violation), for their tasks to subscribe again.
+    refused: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// `WS_PUBSUB_ADAPTER=nats`, at `WS_NATS_URL` (several servers separated
@@ -105,6 +113,7 @@ impl NatsBroker {
                 servers,
                 shown,
                 client: OnceCell::new(),
+                refused: tokio::sync::broadcast::channel(64).0,
             }),
         })
     }
@@ -116,8 +125,19 @@ impl Inner {
     async fn client(&self) -> Result<&async_nats::Client, BrokerError> {
         self.client
             .get_or_try_init(|| async {
+                let refused = self.refused.clone();
                 async_nats::ConnectOptions::new()
                     .name("nbio-ws")
+                    .event_callback(move |event| {
+                        if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) =
+                            &event
+                        {
+                            if let Some(subject) = refused_subject(e) {
+                                let _ = refused.send(Arc::from(subject));
+                            }
+                        }
+                        async {}
+                    })
                     .retry_on_initial_connect()
                     .max_reconnects(None)
                     .connection_timeout(CONNECT_TIMEOUT)
@@ -139,6 +159,112 @@ impl Inner {
             .get()
             .is_some_and(|c| c.connection_state() == State::Connected)
     }
+
+    /// Keeps `channel` subscribed for `tx` until the subscription is
+    /// dropped: subscribes, calls `ready` once the server has the `SUB`,
+    /// forwards what arrives, and subscribes again, with backoff, when
+    /// subscribing fails, the subscription ends or the server refuses it.
+    async fn follow(self: Arc<Self>, channel: String, tx: SubscriptionSender) {
+        let mut backoff = Backoff::default();
+        let mut refused = self.refused.subscribe();
+        let mut logged = false;
+        loop {
+            let why = match self.subscribe_once(&channel, &tx, &mut backoff).await {
+                Err(e) => e,
+                Ok(None) => return, // the subscription was dropped
+                Ok(Some(mut subscriber)) => {
+                    let why = loop {
+                        tokio::select! {
+                            _ = tx.closed() => break None,
+                            msg = subscriber.next() => match msg {
+                                Some(msg) => {
+                                    // Delivered: the subscription works.
+                                    backoff.reset();
+                                    logged = false;
+                                    if tx.offer(msg.payload).is_err() {
+                                        break None;
+                                    }
+                                }
+                                None => break Some("the subscription ended".to_owned()),
+                            },
+                            r = refused.recv() => match r {
+                                Ok(subject) if *subject == *channel => {
+                                    break Some("the server refused it".to_owned())
+                                }
+                                Ok(_) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                    break Some("the server refused subscriptions".to_owned())
+                                }
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                            },
+                        }
+                    };
+                    let _ = subscriber.unsubscribe().await;
+                    match why {
+                        None => return,
+                        Some(why) => why,
+                    }
+                }
+            };
+            if !logged {
+                logged = true;
+                tracing::warn!(url = %self.shown, %channel, error = %why,
+                    "nats: subscription failed; subscribing again with backoff");
+            } else {
+                tracing::debug!(url = %self.shown, %channel, error = %why, "nats: subscribing again");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+
+    /// One subscription of `channel`, confirmed (`ready`) once the server
+    /// has it: `Ok(None)` if `tx` was dropped meanwhile.
+    async fn subscribe_once(
+        &self,
+        channel: &str,
+        tx: &SubscriptionSender,
+        backoff: &mut Backoff,
+    ) -> Result<Option<async_nats::Subscriber>, String> {
+        let client = self.client().await.map_err(|e| e.to_string())?.clone();
+        let subscriber = client
+            .subscribe(channel.to_owned())
+            .await
+            .map_err(|e| e.to_string())?;
+        // The server has the SUB once a flush round trip is done, which
+        // needs a connection.
+        loop {
+            if tx.is_closed() {
+                return Ok(None);
+            }
+            if client.connection_state() == State::Connected
+                && matches!(
+                    tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await,
+                    Ok(Ok(()))
+                )
+            {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = tx.closed() => return Ok(None),
+            }
+        }
+        tx.ready();
+        tracing::debug!(url = %self.shown, %channel, "nats: subscribed (the client resubscribes after reconnecting)");
+        Ok(Some(subscriber))
+    }
+}
+
+/// The subject of a refused subscription, from the server's error
+/// (`Permissions Violation for Subscription to "a.b"`).
+fn refused_subject(error: &str) -> Option<&str> {
+    const MARK: &str = "subscription to \"";
+    let at = error.to_ascii_lowercase().find(MARK)? + MARK.len();
+    let rest = error.get(at..)?;
+    rest.split('"').next().filter(|s| !s.is_empty())
 }
 
 impl Broker for NatsBroker {
@@ -156,10 +282,17 @@ impl Broker for NatsBroker {
             if client.connection_state() != State::Connected {
                 return Err(BrokerError::Disconnected);
             }
+            let (size, limit) = (payload.len(), client.max_payload());
+            if size > limit {
+                return Err(BrokerError::TooLarge { size, limit });
+            }
             match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(channel.to_owned(), payload))
                 .await
             {
                 Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    Err(BrokerError::TooLarge { size, limit })
+                }
                 Ok(Err(e)) => Err(BrokerError::Backend(e.to_string())),
                 Err(_) => Err(BrokerError::Timeout),
             }
@@ -167,47 +300,34 @@ impl Broker for NatsBroker {
     }
 
     fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
-        let (tx, sub) = Subscription::channel(1024);
-        let inner = Arc::clone(&self.inner);
-        let channel = channel.to_owned();
-        tokio::spawn(async move {
-            let client = match inner.client().await {
-                Ok(c) => c.clone(),
-                Err(e) => {
-                    tracing::error!(url = %inner.shown, error = %e, "nats: cannot create the client");
-                    return;
-                }
-            };
-            let mut subscriber = match client.subscribe(channel.clone()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(url = %inner.shown, %channel, error = %e, "nats: cannot subscribe");
-                    return;
-                }
-            };
-            // The server has the SUB once a flush round trip is done.
-            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await;
-            tx.ready();
-            tracing::debug!(url = %inner.shown, %channel, "nats: subscribed (the client resubscribes after reconnecting)");
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    msg = subscriber.next() => match msg {
-                        Some(msg) => {
-                            if tx.send(msg.payload).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
-                    },
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-        });
+        let (tx, sub) = Subscription::channel(SUBSCRIPTION_CAPACITY);
+        tokio::spawn(Arc::clone(&self.inner).follow(channel.to_owned(), tx));
         Ok(sub)
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        // What the server announced (its default until it did).
+        Some(
+            self.inner
+                .client
+                .get()
+                .map_or(DEFAULT_MAX_PAYLOAD, async_nats::Client::max_payload),
+        )
     }
 
     fn health(&self) -> BrokerHealth {
         BrokerHealth::connected(self.inner.connected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refused_subjects_are_read_from_server_errors() {
+        let e = "Permissions Violation for Subscription to \"ws.room.lobby\"";
+        assert_eq!(super::refused_subject(e), Some("ws.room.lobby"));
+        let e = "permissions violation for subscription to \"a.b\" using queue \"q\"";
+        assert_eq!(super::refused_subject(e), Some("a.b"));
+        assert_eq!(super::refused_subject("maximum subscriptions exceeded"), None);
     }
 }

@@ -45,7 +45,8 @@ use crate::types::ClientId;
 
 const MAGIC: u8 = b'N';
 const VERSION: u8 = 4;
-const HEADER: usize = 18;
+/// The bytes of an envelope before its entries.
+pub(crate) const HEADER: usize = 18;
 /// Most entries one envelope may hold (a publisher packs at most 256): a
 /// message of tiny entries cannot make a receiver allocate far more than
 /// its size.

@@ -26,14 +26,17 @@ use super::Inbound;
 use crate::broker::{Broker, BrokerError, BrokerStatus, Subscription};
 use crate::metrics::Metrics;
 
-/// Entries waiting to be published. A broadcast that finds the queue full
-/// (the broker is far slower than the handlers) is not published and is
-/// counted as a publish failure; local delivery is not affected.
+/// Entries waiting to be published (their bytes are bounded too: see
+/// [`DEFAULT_QUEUE_BYTES`](crate::broker::DEFAULT_QUEUE_BYTES)). A
+/// broadcast that finds the queue full (the broker is far slower than the
+/// handlers) is not published and is counted as a publish failure; local
+/// delivery is not affected.
 const QUEUE: usize = 8192;
 /// Most entries packed into one broker message.
 const BATCH_ENTRIES: usize = 256;
-/// Most bytes packed into one broker message (NATS's default limit is
-/// 1 MiB; one entry larger than this still goes alone).
+/// Most bytes packed into one broker message, or the broker's
+/// `max_payload` if that is smaller. An entry larger than this goes
+/// alone, up to `max_payload`.
 const BATCH_BYTES: usize = 256 * 1024;
 /// Upper bound on one `publish` call, whatever the backend does.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +55,36 @@ pub(crate) const RECEIVED: &str = "broker_messages_received";
 pub(crate) const LOST: &str = "broker_messages_lost";
 pub(crate) const DUPLICATES: &str = "broker_duplicates_dropped";
 pub(crate) const INVALID: &str = "broker_invalid_messages";
+pub(crate) const TOO_LARGE: &str = "broker_messages_too_large";
+pub(crate) const OVERFLOWS: &str = "broker_subscription_overflows";
+
+/// A message that does not fit in one broker payload: refused before it
+/// is delivered anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLarge {
+    /// The bytes it would take in an envelope of its own.
+    pub size: usize,
+    /// The most one payload may take (the broker's `max_payload`, or the
+    /// publish queue's byte cap if smaller).
+    pub limit: usize,
+}
+
+/// Counts a message refused as too large; logs the first one (with its
+/// size) as a warning, the others at debug level.
+fn refuse_too_large(metrics: &Metrics, logged: &std::sync::atomic::AtomicBool, t: TooLarge) {
+    metrics.incr(TOO_LARGE);
+    if !logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(size = t.size, limit = t.limit,
+            "a message is larger than the broker accepts: it was refused \
+             (counted in nbio_ws_broker_messages_too_large_total; further ones are logged at debug level)");
+    } else {
+        tracing::debug!(
+            size = t.size,
+            limit = t.limit,
+            "a message too large for the broker was refused"
+        );
+    }
+}
 
 /// The channel of a room: `{base}.room.{room}` for names made of ASCII
 /// letters, digits, `-` and `_` (up to 128 bytes), else
@@ -121,36 +154,94 @@ pub(crate) struct Link {
 #[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<Entry>,
+    /// Bytes of the entries queued and not yet published (bounded by
+    /// `cap`; the publisher gives them back once it published them).
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+    cap: usize,
+    broker: Arc<dyn Broker>,
     /// Set by [`Link::stop`]: presence entries are refused from then on,
     /// so that `Gone` is the last word.
     stopping: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
+    /// Whether a message too large for the broker was logged already.
+    too_large_logged: Arc<std::sync::atomic::AtomicBool>,
     /// Asks the presence task for a snapshot of this instance.
     snapshot_wanted: Arc<Notify>,
 }
 
 impl Outbox {
-    /// Queues an entry for the publisher; whether it was taken. Never
-    /// blocks.
-    fn queue(&self, entry: Entry) -> bool {
+    /// The most bytes one entry may take in an envelope of its own: the
+    /// broker's limit, or the queue's if smaller.
+    fn limit(&self) -> usize {
+        self.broker
+            .max_payload()
+            .unwrap_or(usize::MAX)
+            .min(self.cap)
+    }
+
+    /// Queues an entry for the publisher: `Ok(true)` if it was taken,
+    /// `Ok(false)` if the queue was full (counted as a publish failure),
+    /// `Err` if it could never be published (counted, logged once).
+    /// Never blocks.
+    fn queue(&self, entry: Entry) -> Result<bool, TooLarge> {
         let presence = matches!(entry, Entry::Presence(_));
         if presence && self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-            return false;
+            return Ok(false);
         }
-        match self.tx.try_send(entry) {
-            Ok(()) => true,
-            Err(e) => {
-                self.metrics.incr(PUBLISH_FAILURES);
-                let full = matches!(e, mpsc::error::TrySendError::Full(_));
-                tracing::debug!(full, "broker publish queue refused a message");
-                if presence {
-                    // The other instances miss a change they cannot see
-                    // missing: send them everything again (spaced out).
-                    self.snapshot_wanted.notify_one();
-                }
-                false
+        self.push(entry)
+    }
+
+    /// [`queue`](Self::queue), also while stopping.
+    fn push(&self, entry: Entry) -> Result<bool, TooLarge> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let presence = matches!(entry, Entry::Presence(_));
+        let len = entry.encoded_len();
+        let size = envelope::HEADER + len;
+        let limit = self.limit();
+        if size > limit {
+            refuse_too_large(
+                &self.metrics,
+                &self.too_large_logged,
+                TooLarge { size, limit },
+            );
+            if presence {
+                self.snapshot_wanted.notify_one();
             }
+            return Err(TooLarge { size, limit });
         }
+        let reserved = self
+            .bytes
+            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |b| {
+                (b + len <= self.cap).then_some(b + len)
+            })
+            .is_ok();
+        let full = if !reserved {
+            true
+        } else {
+            match self.tx.try_send(entry) {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    self.bytes.fetch_sub(len, AcqRel);
+                    matches!(e, mpsc::error::TrySendError::Full(_))
+                }
+            }
+        };
+        self.metrics.incr(PUBLISH_FAILURES);
+        tracing::debug!(full, "broker publish queue refused a message");
+        if presence {
+            // The other instances miss a change they cannot see
+            // missing: send them everything again (spaced out).
+            self.snapshot_wanted.notify_one();
+        }
+        Ok(false)
+    }
+
+    /// How many bytes of members one snapshot part may hold so that the
+    /// part fits in one payload.
+    fn snapshot_part_bytes(&self) -> usize {
+        self.limit()
+            .saturating_sub(envelope::HEADER + 64)
+            .clamp(1024, SNAPSHOT_PART_BYTES)
     }
 }
 
@@ -160,24 +251,36 @@ impl Link {
         channel: &str,
         origin: u64,
         ttl: Duration,
+        queue_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Link {
         let (tx, rx) = mpsc::channel(QUEUE);
         let snapshot_wanted = Arc::new(Notify::new());
         // Shown as 0 from the start, so dashboards see the series.
-        for name in [PUBLISHED, PUBLISH_FAILURES, RECEIVED, LOST] {
+        for name in [
+            PUBLISHED,
+            PUBLISH_FAILURES,
+            RECEIVED,
+            LOST,
+            TOO_LARGE,
+            OVERFLOWS,
+        ] {
             metrics.add(name, 0);
         }
         Link {
-            broker,
+            broker: Arc::clone(&broker),
             channel: Arc::from(channel),
             presence_channel: Arc::from(format!("{channel}.presence")),
             origin,
             ttl,
             outbox: Outbox {
                 tx,
+                bytes: Arc::default(),
+                cap: queue_bytes.max(1),
+                broker,
                 stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 metrics: Arc::clone(&metrics),
+                too_large_logged: Arc::default(),
                 snapshot_wanted: Arc::clone(&snapshot_wanted),
             },
             pending: Mutex::new(Some(rx)),
@@ -190,10 +293,29 @@ impl Link {
         }
     }
 
-    /// Queues an entry for the publisher; whether it was taken (a full
-    /// queue refuses, and counts a publish failure). Never blocks.
-    pub(crate) fn queue(&self, entry: Entry) -> bool {
+    /// Queues an entry for the publisher: `Ok(true)` if it was taken,
+    /// `Ok(false)` if the queue was full (counted as a publish failure:
+    /// the other instances miss it), `Err` if it is larger than one broker
+    /// payload may be (counted, logged once: the caller refuses it).
+    /// Never blocks.
+    pub(crate) fn queue(&self, entry: Entry) -> Result<bool, TooLarge> {
         self.outbox.queue(entry)
+    }
+
+    /// Whether `entry` could be published (it fits in one payload),
+    /// without queueing it or counting anything.
+    pub(crate) fn check(&self, entry_len: usize) -> Result<(), TooLarge> {
+        let size = envelope::HEADER + entry_len;
+        let limit = self.outbox.limit();
+        if size > limit {
+            refuse_too_large(
+                &self.metrics,
+                &self.outbox.too_large_logged,
+                TooLarge { size, limit },
+            );
+            return Err(TooLarge { size, limit });
+        }
+        Ok(())
     }
 
     /// The adapter and whether it is connected.
@@ -209,22 +331,25 @@ impl Link {
         self.rooms.len()
     }
 
+    /// What a receiver task needs, once the link is started.
+    fn receivers(&self) -> Option<Receivers> {
+        let (hub, rt) = self.hub.get()?.clone();
+        Some(Receivers {
+            hub,
+            rt,
+            outbox: self.outbox.clone(),
+            origin: self.origin,
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+
     fn spawn_receiver(
         &self,
         sub: Subscription,
         kind: Kind,
         cancel: CancellationToken,
     ) -> Option<JoinHandle<()>> {
-        let (hub, rt) = self.hub.get()?.clone();
-        Some(rt.spawn(receive_loop(
-            sub,
-            hub,
-            self.outbox.clone(),
-            self.origin,
-            kind,
-            Arc::clone(&self.metrics),
-            cancel,
-        )))
+        Some(self.receivers()?.spawn(sub, kind, cancel))
     }
 
     /// Subscribes to a room's channel (its first local member joined).
@@ -250,23 +375,36 @@ impl Link {
         // Backends spawn their tasks: on the server's runtime, whatever
         // thread the join comes from.
         let _entered = rt.enter();
-        match self.broker.subscribe(vacant.key()) {
+        let cancel = self.cancel.child_token();
+        let ready = match self.broker.subscribe(vacant.key()) {
             Ok(sub) => {
                 let ready = sub.ready_watch();
-                let cancel = self.cancel.child_token();
                 // The task ends (and the subscription with it) on cancel.
                 let _ = self.spawn_receiver(sub, Kind::Room, cancel.clone());
-                vacant.insert(RoomSub {
-                    rooms: vec![Arc::clone(room)],
-                    cancel,
-                    ready,
-                });
+                ready
             }
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cannot subscribe to a room's channel: \
-                    its messages from other instances will not arrive here");
+                    retrying with backoff (until then its messages from other instances \
+                    do not arrive here)");
+                let (ready_tx, ready) = watch::channel(false);
+                if let Some(receivers) = self.receivers() {
+                    rt.spawn(retry_subscribe(
+                        Arc::clone(&self.broker),
+                        vacant.key().clone(),
+                        receivers,
+                        ready_tx,
+                        cancel.clone(),
+                    ));
+                }
+                ready
             }
-        }
+        };
+        vacant.insert(RoomSub {
+            rooms: vec![Arc::clone(room)],
+            cancel,
+            ready,
+        });
     }
 
     /// Drops a room's subscription (its last local member left).
@@ -314,11 +452,11 @@ impl Link {
                     if kind == Kind::Presence {
                         // Once subscribed, ask everyone for their members.
                         let mut ready = sub.ready_watch();
-                        let tx = self.outbox.tx.clone();
+                        let outbox = self.outbox.clone();
                         tasks.push(tokio::spawn(async move {
                             if ready.wait_for(|r| *r).await.is_ok() {
-                                let _ = tx
-                                    .try_send(Entry::Presence(Presence::SyncRequest { target: 0 }));
+                                let _ = outbox
+                                    .queue(Entry::Presence(Presence::SyncRequest { target: 0 }));
                             }
                         }));
                     }
@@ -332,11 +470,10 @@ impl Link {
         }
         tasks.push(tokio::spawn(publish_loop(
             rx,
-            Arc::clone(&self.broker),
+            self.outbox.clone(),
             Arc::clone(&self.channel),
             Arc::clone(&self.presence_channel),
             self.origin,
-            Arc::clone(&self.metrics),
             self.cancel.clone(),
         )));
         tasks.push(tokio::spawn(presence_loop(
@@ -368,15 +505,9 @@ impl Link {
         self.outbox
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
-        // Past `stopping`, only this goes in: nothing follows the goodbye.
-        if self
-            .outbox
-            .tx
-            .try_send(Entry::Presence(Presence::Gone))
-            .is_err()
-        {
-            self.metrics.incr(PUBLISH_FAILURES);
-        }
+        // Past `stopping`, only this goes in: nothing follows the goodbye
+        // (a refusal is counted by `push`).
+        let _ = self.outbox.push(Entry::Presence(Presence::Gone));
         self.cancel.cancel();
         self.rooms.clear();
         let tasks = self
@@ -393,6 +524,67 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// What a receiver task is given.
+#[derive(Clone)]
+struct Receivers {
+    hub: Weak<dyn Inbound>,
+    rt: tokio::runtime::Handle,
+    outbox: Outbox,
+    origin: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Receivers {
+    fn spawn(self, sub: Subscription, kind: Kind, cancel: CancellationToken) -> JoinHandle<()> {
+        let rt = self.rt.clone();
+        rt.spawn(receive_loop(
+            sub,
+            self.hub,
+            self.outbox,
+            self.origin,
+            kind,
+            self.metrics,
+            cancel,
+        ))
+    }
+}
+
+/// Subscribes to a room's channel again and again, with backoff, until
+/// the broker accepts (then receives it like any room channel) or the
+/// room loses its last local member (`cancel`).
+async fn retry_subscribe(
+    broker: Arc<dyn Broker>,
+    channel: String,
+    receivers: Receivers,
+    ready: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = crate::broker::Backoff::default();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+        match broker.subscribe(&channel) {
+            Ok(sub) => {
+                tracing::info!(%channel, "subscribed to a room's channel after retrying");
+                let mut confirmed = sub.ready_watch();
+                let _ = receivers.spawn(sub, Kind::Room, cancel.clone());
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    r = confirmed.wait_for(|r| *r) => if r.is_ok() {
+                        ready.send_replace(true);
+                    },
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "cannot subscribe to a room's channel yet")
+            }
+        }
     }
 }
 
@@ -426,17 +618,20 @@ async fn presence_loop(
             return;
         };
         if snapshot {
-            hub.snapshot(SNAPSHOT_PART_BYTES, &mut |since, members, part, parts| {
-                link.queue(Entry::Presence(Presence::Snapshot {
-                    since,
-                    part,
-                    parts,
-                    members,
-                }));
-            });
+            hub.snapshot(
+                link.snapshot_part_bytes(),
+                &mut |since, members, part, parts| {
+                    let _ = link.queue(Entry::Presence(Presence::Snapshot {
+                        since,
+                        part,
+                        parts,
+                        members,
+                    }));
+                },
+            );
         } else {
             let version = hub.presence_version();
-            link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
+            let _ = link.queue(Entry::Presence(Presence::Heartbeat { version, ttl_ms }));
             hub.expire_remote();
         }
     }
@@ -461,39 +656,41 @@ impl RouteKey {
 
 async fn publish_loop(
     mut rx: mpsc::Receiver<Entry>,
-    broker: Arc<dyn Broker>,
+    outbox: Outbox,
     channel: Arc<str>,
     presence_channel: Arc<str>,
     origin: u64,
-    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut p = Publisher {
-        broker,
         channel,
         presence_channel,
         origin,
-        metrics,
         seqs: [0; 3],
         failing: false,
+        carry: None,
         batch: Vec::with_capacity(BATCH_ENTRIES),
         taken: Vec::with_capacity(BATCH_ENTRIES),
+        outbox,
     };
     loop {
-        let first = tokio::select! {
-            biased;
-            e = rx.recv() => match e {
-                Some(e) => e,
-                None => return,
+        let first = match p.carry.take() {
+            Some(e) => e,
+            None => tokio::select! {
+                biased;
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+                _ = cancel.cancelled() => break,
             },
-            _ = cancel.cancelled() => break,
         };
         p.fill(first, &mut rx);
         p.publish_taken().await;
     }
     // Shutdown: what handlers queued before the end still goes out.
     let flush = async {
-        while let Ok(first) = rx.try_recv() {
+        while let Some(first) = p.carry.take().or_else(|| rx.try_recv().ok()) {
             p.fill(first, &mut rx);
             p.publish_taken().await;
         }
@@ -502,11 +699,12 @@ async fn publish_loop(
 }
 
 struct Publisher {
-    broker: Arc<dyn Broker>,
     channel: Arc<str>,
     presence_channel: Arc<str>,
     origin: u64,
-    metrics: Arc<Metrics>,
+    /// The queue's sending end: the broker, its byte count (given back
+    /// here once published) and the refusal counters.
+    outbox: Outbox,
     /// Sequence number of the next entry: on the shared channel, on the
     /// presence channel, and on the room channels (one series for all
     /// rooms: receivers of one room see a subset, so they use it only to
@@ -514,6 +712,9 @@ struct Publisher {
     seqs: [u64; 3],
     /// Whether the last publish failed (to log transitions only).
     failing: bool,
+    /// An entry taken from the queue that did not fit in the last batch:
+    /// the first of the next one.
+    carry: Option<Entry>,
     /// The entries of one channel, being published.
     batch: Vec<Entry>,
     /// What was taken from the queue, for any channel.
@@ -521,19 +722,30 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Takes `first` and whatever else is already queued (within the batch
-    /// limits).
+    /// The most bytes one envelope may take now.
+    fn max_payload(&self) -> usize {
+        self.outbox.broker.max_payload().unwrap_or(usize::MAX)
+    }
+
+    /// Takes `first` and whatever else is already queued, within the batch
+    /// limits: [`BATCH_ENTRIES`] entries and [`BATCH_BYTES`] bytes (or the
+    /// broker's limit if smaller), the envelope's header included. The
+    /// entry that does not fit is kept for the next batch.
     fn fill(&mut self, first: Entry, rx: &mut mpsc::Receiver<Entry>) {
-        let mut bytes = first.encoded_len();
+        let max_bytes = BATCH_BYTES.min(self.max_payload());
+        let mut bytes = envelope::HEADER + first.encoded_len();
         self.taken.push(first);
-        while self.taken.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(e) => {
-                    bytes += e.encoded_len();
-                    self.taken.push(e);
-                }
-                Err(_) => break,
+        while self.taken.len() < BATCH_ENTRIES {
+            let Some(e) = self.carry.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            let len = e.encoded_len();
+            if bytes + len > max_bytes {
+                self.carry = Some(e);
+                break;
             }
+            bytes += len;
+            self.taken.push(e);
         }
     }
 
@@ -559,38 +771,86 @@ impl Publisher {
         self.taken = taken; // keeps the allocation
     }
 
+    /// Publishes the batch (entries of one channel): in one envelope if
+    /// the broker takes it, else each entry alone, so that one entry the
+    /// broker refuses as too large costs only itself.
     async fn publish(&mut self) {
-        let n = self.batch.len() as u64;
-        let (slot, channel): (usize, std::borrow::Cow<'_, str>) = match self.batch[0].route() {
-            Route::Main => (0, (&*self.channel).into()),
-            Route::Presence => (1, (&*self.presence_channel).into()),
-            Route::Room(room) => (2, room_channel(&self.channel, room).into()),
+        let batch = std::mem::take(&mut self.batch);
+        let n = batch.len() as u64;
+        let (slot, channel): (usize, String) = match batch[0].route() {
+            Route::Main => (0, self.channel.to_string()),
+            Route::Presence => (1, self.presence_channel.to_string()),
+            Route::Room(room) => (2, room_channel(&self.channel, room)),
         };
-        let payload: Bytes = envelope::encode(self.origin, self.seqs[slot], &self.batch);
+        let first_seq = self.seqs[slot];
         // Numbers are used even when publishing fails: receivers then see
         // the hole and count the loss.
-        self.seqs[slot] = self.seqs[slot].wrapping_add(n);
-        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.broker.publish(&channel, payload))
-            .await
-            .unwrap_or(Err(BrokerError::Timeout));
-        drop(channel);
-        self.batch.clear();
-        match result {
-            Ok(()) => {
-                self.metrics.add(PUBLISHED, n);
-                if self.failing {
-                    self.failing = false;
-                    tracing::info!(
-                        adapter = self.broker.adapter(),
-                        "publishing to the broker again"
-                    );
+        self.seqs[slot] = first_seq.wrapping_add(n);
+        let bytes: usize = batch.iter().map(Entry::encoded_len).sum();
+        match self.send(&channel, first_seq, &batch).await {
+            Err(BrokerError::TooLarge { .. }) if batch.len() > 1 => {
+                // The broker's limit shrank since the batch was packed.
+                for (i, entry) in batch.iter().enumerate() {
+                    let seq = first_seq.wrapping_add(i as u64);
+                    let result = self.send(&channel, seq, std::slice::from_ref(entry)).await;
+                    self.record(result, 1);
                 }
             }
+            result => self.record(result, n),
+        }
+        self.outbox
+            .bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+        self.batch = batch;
+        self.batch.clear(); // keeps the allocation
+    }
+
+    /// Publishes one envelope of `entries`, unless it is larger than the
+    /// broker accepts.
+    async fn send(
+        &self,
+        channel: &str,
+        first_seq: u64,
+        entries: &[Entry],
+    ) -> Result<(), BrokerError> {
+        let size = envelope::HEADER + entries.iter().map(Entry::encoded_len).sum::<usize>();
+        let limit = self.max_payload();
+        if size > limit {
+            return Err(BrokerError::TooLarge { size, limit });
+        }
+        let payload: Bytes = envelope::encode(self.origin, first_seq, entries);
+        tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            self.outbox.broker.publish(channel, payload),
+        )
+        .await
+        .unwrap_or(Err(BrokerError::Timeout))
+    }
+
+    /// Counts the outcome of publishing `n` entries, and logs transitions.
+    fn record(&mut self, result: Result<(), BrokerError>, n: u64) {
+        let metrics = &self.outbox.metrics;
+        let adapter = self.outbox.broker.adapter();
+        match result {
+            Ok(()) => {
+                metrics.add(PUBLISHED, n);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(adapter, "publishing to the broker again");
+                }
+            }
+            Err(BrokerError::TooLarge { size, limit }) => {
+                refuse_too_large(
+                    metrics,
+                    &self.outbox.too_large_logged,
+                    TooLarge { size, limit },
+                );
+            }
             Err(e) => {
-                self.metrics.add(PUBLISH_FAILURES, n);
+                metrics.add(PUBLISH_FAILURES, n);
                 if !self.failing {
                     self.failing = true;
-                    tracing::warn!(adapter = self.broker.adapter(), error = %e,
+                    tracing::warn!(adapter, error = %e,
                         "broker publish failed: other instances miss these messages until it is back \
                          (local clients still get them)");
                 } else {
@@ -612,6 +872,8 @@ async fn receive_loop(
 ) {
     // Per origin: the sequence number expected next.
     let mut next_seq: HashMap<u64, u64> = HashMap::new();
+    // What the backend dropped because this subscription was full.
+    let mut overflows = 0;
     loop {
         let msg = tokio::select! {
             biased;
@@ -621,6 +883,11 @@ async fn receive_loop(
                 None => return,
             },
         };
+        let dropped = sub.dropped();
+        if dropped > overflows {
+            metrics.add(OVERFLOWS, dropped - overflows);
+            overflows = dropped;
+        }
         if envelope::origin(&msg) == Some(origin) {
             continue; // ours: delivered locally when it was sent
         }
@@ -684,7 +951,7 @@ async fn receive_loop(
                 Entry::Presence(p) => match hub.presence(origin, env.origin, p) {
                     Reply::None => {}
                     Reply::AskSnapshot(target) => {
-                        link.queue(Entry::Presence(Presence::SyncRequest { target }));
+                        let _ = link.queue(Entry::Presence(Presence::SyncRequest { target }));
                     }
                     Reply::SendSnapshot => link.snapshot_wanted.notify_one(),
                 },
@@ -711,5 +978,145 @@ mod tests {
         }
         assert_eq!(room_channel("ws", "a b"), room_channel("ws", "a b"));
         assert_ne!(room_channel("ws", "a b"), room_channel("ws", "a c"));
+    }
+
+    /// The in-process broker with a payload limit, as NATS has one.
+    struct Limited {
+        local: crate::broker::LocalBroker,
+        max: usize,
+    }
+
+    impl Broker for Limited {
+        fn adapter(&self) -> &'static str {
+            "limited"
+        }
+        fn publish<'a>(
+            &'a self,
+            channel: &'a str,
+            payload: Bytes,
+        ) -> crate::broker::BoxFuture<'a, Result<(), BrokerError>> {
+            assert!(
+                payload.len() <= self.max,
+                "{} > {}",
+                payload.len(),
+                self.max
+            );
+            self.local.publish(channel, payload)
+        }
+        fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
+            self.local.subscribe(channel)
+        }
+        fn health(&self) -> crate::broker::BrokerHealth {
+            self.local.health()
+        }
+        fn max_payload(&self) -> Option<usize> {
+            Some(self.max)
+        }
+    }
+
+    fn outbox(max: usize, cap: usize) -> (Outbox, mpsc::Receiver<Entry>, Arc<Limited>) {
+        let broker = Arc::new(Limited {
+            local: crate::broker::LocalBroker::new(),
+            max,
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let outbox = Outbox {
+            tx,
+            bytes: Arc::default(),
+            cap,
+            broker: Arc::clone(&broker) as _,
+            stopping: Arc::default(),
+            metrics: Arc::new(Metrics::default()),
+            too_large_logged: Arc::default(),
+            snapshot_wanted: Arc::new(Notify::new()),
+        };
+        (outbox, rx, broker)
+    }
+
+    fn text(n: usize, tag: usize) -> Bytes {
+        let mut t = format!("{tag:06}").into_bytes();
+        t.resize(n, b'x');
+        Bytes::from(t)
+    }
+
+    #[tokio::test]
+    async fn batches_fit_the_brokers_limit_and_large_messages_go_alone() {
+        let max = 64 * 1024;
+        let (outbox, rx, broker) = outbox(max, 64 << 20);
+        let mut sub = broker.subscribe("ws").unwrap();
+        // 40 KB and short messages back to back: never two large ones in
+        // one envelope, never an envelope over the limit.
+        let mut sent = Vec::new();
+        for i in 0..40 {
+            let t = text(if i % 2 == 0 { 40_000 } else { 20 }, i);
+            assert_eq!(outbox.queue(Entry::Broadcast(t.clone())), Ok(true));
+            sent.push(t);
+        }
+        // One too large even alone: refused, counted, nothing queued.
+        let big = Entry::Broadcast(text(max, 99));
+        let refused = outbox.queue(big).unwrap_err();
+        assert_eq!(refused.limit, max);
+        assert!(refused.size > max);
+        assert_eq!(outbox.metrics.counter(TOO_LARGE), 1);
+        let queued = outbox.bytes.load(std::sync::atomic::Ordering::Acquire);
+        assert_eq!(queued, sent.iter().map(|t| 5 + t.len()).sum::<usize>());
+
+        let cancel = CancellationToken::new();
+        let publisher = tokio::spawn(publish_loop(
+            rx,
+            outbox.clone(),
+            Arc::from("ws"),
+            Arc::from("ws.presence"),
+            7,
+            cancel.clone(),
+        ));
+        let mut got = Vec::new();
+        let mut envelopes = 0;
+        while got.len() < sent.len() {
+            let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("published in time")
+                .expect("a message");
+            assert!(msg.len() <= max);
+            let env = envelope::decode(msg).unwrap();
+            assert_eq!(env.first_seq, got.len() as u64);
+            envelopes += 1;
+            for e in env.entries {
+                let Entry::Broadcast(t) = e else {
+                    panic!("a broadcast")
+                };
+                got.push(t);
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(
+            envelopes >= 20,
+            "{envelopes} envelopes for 20 large messages"
+        );
+        cancel.cancel();
+        publisher.await.unwrap();
+        assert_eq!(outbox.bytes.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert_eq!(outbox.metrics.counter(PUBLISHED), 40);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let (outbox, _rx, _broker) = outbox(usize::MAX, 1 << 20);
+        let mut taken = 0;
+        for i in 0..100 {
+            if outbox.queue(Entry::Broadcast(text(100_000, i))) == Ok(true) {
+                taken += 1;
+            }
+        }
+        // 10 of 100 KB fit in 1 MiB; the others are dropped and counted.
+        assert_eq!(taken, 10);
+        assert_eq!(outbox.metrics.counter(PUBLISH_FAILURES), 90);
+        // Larger than the whole queue: could never be published.
+        let e = outbox
+            .queue(Entry::Broadcast(text(2 << 20, 0)))
+            .unwrap_err();
+        assert_eq!(e.limit, 1 << 20);
+        // Small ones still fit beside.
+        assert_eq!(outbox.queue(Entry::Broadcast(text(10, 0))), Ok(true));
     }
 }

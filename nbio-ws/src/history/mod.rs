@@ -293,9 +293,19 @@ pub enum HistoryError {
     /// The room keeps no history.
     #[error("room {0:?} keeps no history")]
     NoHistory(String),
-    /// The publication could not be serialized or is too large.
+    /// The publication could not be serialized.
     #[error("invalid publication: {0}")]
     Invalid(String),
+    /// The publication is larger than one broker payload may be, so it
+    /// could not reach the other instances: it was neither stored nor
+    /// delivered (see [`BroadcastError::TooLarge`](crate::BroadcastError::TooLarge)).
+    #[error("the publication is {size} bytes as published; the broker accepts at most {limit}")]
+    TooLarge {
+        /// The bytes it would take in one broker payload (an upper bound).
+        size: usize,
+        /// The most one payload may take.
+        limit: usize,
+    },
     /// [`Client::join_recover`](crate::Client::join_recover) was refused
     /// by a membership limit, or the client is disconnected.
     #[error(transparent)]
@@ -305,9 +315,13 @@ pub enum HistoryError {
 impl From<HistoryError> for crate::RpcError {
     /// An unavailable backend is `-32003` ("History unavailable", retry
     /// later); a refused join `-32020` (see [`JoinError`](crate::JoinError));
-    /// the others `-32602`.
+    /// a publication too large for the broker `-32021`; the others
+    /// `-32602`.
     fn from(e: HistoryError) -> Self {
         match e {
+            HistoryError::TooLarge { size, limit } => {
+                crate::RpcError::message_too_large(size, limit)
+            }
             HistoryError::Unavailable(detail) => {
                 crate::RpcError::new(-32003, "History unavailable")
                     .with_data(serde_json::json!({ "detail": detail }))

@@ -42,6 +42,16 @@ pub enum SendError {
     /// The params could not be serialized.
     #[error("cannot serialize the message: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The message, for a client on another instance, is larger than one
+    /// broker payload may be: it was not sent (see
+    /// [`BroadcastError::TooLarge`](crate::BroadcastError::TooLarge)).
+    #[error("the message is {size} bytes as published; the broker accepts at most {limit}")]
+    TooLarge {
+        /// The bytes it would take in one broker payload.
+        size: usize,
+        /// The most one payload may take.
+        limit: usize,
+    },
 }
 
 /// A message queued for the writer task.

@@ -36,7 +36,29 @@ use crate::cluster::{Inbound, Link, Publication};
 use crate::deflate::SharedText;
 use crate::jsonrpc;
 use crate::metrics::Metrics;
-use crate::types::ClientId;
+use crate::types::{BroadcastError, ClientId};
+
+impl From<BroadcastError> for jsonrpc::RpcError {
+    /// `-32021` for a message too large for the broker, `-32603` for one
+    /// that could not be serialized.
+    fn from(e: BroadcastError) -> Self {
+        match e {
+            BroadcastError::TooLarge { size, limit } => {
+                jsonrpc::RpcError::message_too_large(size, limit)
+            }
+            other => jsonrpc::RpcError::internal(other),
+        }
+    }
+}
+
+impl From<crate::cluster::link::TooLarge> for BroadcastError {
+    fn from(t: crate::cluster::link::TooLarge) -> Self {
+        BroadcastError::TooLarge {
+            size: t.size,
+            limit: t.limit,
+        }
+    }
+}
 
 /// What a hub lets one client hold.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +90,8 @@ impl Default for HubLimits {
 ///
 /// #[rpc_method("shout")]
 /// fn shout(hub: Hub, Params(p): Params<Say>) -> Result<usize, RpcError> {
-///     hub.broadcast("shouted", &serde_json::json!({ "text": p.text }))
-///         .map_err(RpcError::internal)
+///     // A text too large for the broker is the error -32021.
+///     Ok(hub.broadcast("shouted", &serde_json::json!({ "text": p.text }))?)
 /// }
 /// ```
 #[derive(Clone)]
@@ -185,18 +207,21 @@ impl Hub {
 
     /// Attaches a broker (once; later calls are ignored) and starts its
     /// tasks if a tokio runtime is running. `ttl`: how long others keep
-    /// this instance's presence without a heartbeat.
+    /// this instance's presence without a heartbeat; `queue_bytes`: the
+    /// publish queue's byte cap.
     pub(crate) fn attach_broker(
         &self,
         broker: Arc<dyn crate::broker::Broker>,
         channel: &str,
         ttl: std::time::Duration,
+        queue_bytes: usize,
     ) {
         let link = Link::new(
             broker,
             channel,
             self.0.instance_id,
             ttl,
+            queue_bytes,
             Arc::clone(&self.0.metrics),
         );
         if self.0.broker.set(link).is_ok() {
@@ -271,23 +296,31 @@ impl Hub {
     /// serialized once. Returns how many clients of this instance it was
     /// queued for; with a broker it is also queued for publishing to the
     /// other instances (without waiting for the network).
+    ///
+    /// With a broker, a message larger than one broker payload may be
+    /// (NATS: its `max_payload`, 1 MiB by default) is refused with
+    /// [`BroadcastError::TooLarge`] and reaches nobody, here or elsewhere.
+    /// One the publish queue has no room for (the broker is far slower
+    /// than the handlers) still reaches this instance's clients: the other
+    /// instances miss it, and it is counted.
     pub fn broadcast<P: Serialize + ?Sized>(
         &self,
         method: &str,
         params: &P,
-    ) -> Result<usize, serde_json::Error> {
+    ) -> Result<usize, BroadcastError> {
         let bytes = jsonrpc::encode_notification(method, params)?;
-        Ok(self.broadcast_text(bytes))
+        self.broadcast_text(bytes)
     }
 
     /// Queues an already encoded text message for every connected client
     /// (and, with a broker, publishes it for the clients of the other
-    /// instances). Returns how many local clients it was queued for.
-    pub fn broadcast_text(&self, bytes: Bytes) -> usize {
+    /// instances). Returns how many local clients it was queued for;
+    /// refused as [`broadcast`](Hub::broadcast) says.
+    pub fn broadcast_text(&self, bytes: Bytes) -> Result<usize, BroadcastError> {
         if let Some(link) = self.0.broker.get() {
-            link.queue(Entry::Broadcast(bytes.clone()));
+            link.queue(Entry::Broadcast(bytes.clone()))?;
         }
-        self.deliver_local(bytes)
+        Ok(self.deliver_local(bytes))
     }
 
     /// Fans a message out to this instance's clients only.
@@ -302,7 +335,8 @@ impl Hub {
     /// not here but may be on another instance (its id was not issued by
     /// this one: [`ClientId::instance`] differs) is reached through the broker: `Ok(())` then means
     /// "published", and a message for a client connected nowhere is
-    /// dropped silently.
+    /// dropped silently; one larger than one broker payload may be is
+    /// [`SendError::TooLarge`].
     pub fn send_to<P: Serialize + ?Sized>(
         &self,
         id: ClientId,
@@ -315,7 +349,11 @@ impl Hub {
         match self.0.broker.get() {
             Some(link) if id.instance() != self.0.instance_id => {
                 let bytes = jsonrpc::encode_notification(method, params)?;
-                link.queue(Entry::Direct(id, bytes));
+                link.queue(Entry::Direct(id, bytes))
+                    .map_err(|t| SendError::TooLarge {
+                        size: t.size,
+                        limit: t.limit,
+                    })?;
                 Ok(())
             }
             _ => Err(SendError::NotFound(id)),

@@ -80,7 +80,7 @@ use crate::cluster::Link;
 use crate::deflate::SharedText;
 use crate::history::{HistoryError, Position, Recovery};
 use crate::jsonrpc::{self, RpcError};
-use crate::types::{ClientId, JoinError, Member, PresenceEvent};
+use crate::types::{BroadcastError, ClientId, JoinError, Member, PresenceEvent};
 
 impl From<JoinError> for RpcError {
     fn from(e: JoinError) -> RpcError {
@@ -165,7 +165,7 @@ impl Rooms {
     /// room locked, right after [`Rooms::next_version`].
     fn publish(&self, link: Option<&Link>, version: u64, entry: Wire) {
         if let Some(link) = link {
-            if link.queue(entry) {
+            if link.queue(entry) == Ok(true) {
                 self.published.fetch_max(version, Ordering::AcqRel);
             }
         }
@@ -668,13 +668,18 @@ impl RoomSender<'_> {
     /// member: those of this instance at once, those of other instances
     /// through the broker (if any). Returns how many local clients it was
     /// queued for.
+    ///
+    /// With a broker (and unless [`local`](Self::local)), a message larger
+    /// than one broker payload may be is refused with
+    /// [`BroadcastError::TooLarge`] and reaches no member, as
+    /// [`Hub::broadcast`] says.
     pub fn notify<P: Serialize + ?Sized>(
         &self,
         method: &str,
         params: &P,
-    ) -> Result<usize, serde_json::Error> {
+    ) -> Result<usize, BroadcastError> {
         let bytes = jsonrpc::encode_notification(method, params)?;
-        Ok(self.send_text(bytes))
+        self.send_text(bytes)
     }
 
     /// Publishes the notification `method(params)` to a room that keeps
@@ -686,7 +691,9 @@ impl RoomSender<'_> {
     ///
     /// A publication that cannot be stored (the history backend is
     /// unreachable) is an error and reaches nobody: never a partial
-    /// delivery. `notify` keeps working meanwhile.
+    /// delivery. `notify` keeps working meanwhile. With a broker, one too
+    /// large for it is refused before it is stored
+    /// ([`HistoryError::TooLarge`]).
     pub async fn publish<P: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -694,17 +701,32 @@ impl RoomSender<'_> {
     ) -> Result<Option<Position>, HistoryError> {
         let streams = &self.hub.0.rooms.streams;
         let (Some(store), Some(policy)) = (streams.store(), streams.policy(&self.room)) else {
-            self.notify(method, params)
-                .map_err(|e| HistoryError::Invalid(e.to_string()))?;
+            self.notify(method, params).map_err(|e| match e {
+                BroadcastError::TooLarge { size, limit } => HistoryError::TooLarge { size, limit },
+                other => HistoryError::Invalid(other.to_string()),
+            })?;
             return Ok(None);
         };
         let data = crate::history::encode_data(method, params)
             .map_err(|e| HistoryError::Invalid(e.to_string()))?;
+        if !self.local {
+            if let Some(link) = self.hub.link() {
+                // What the entry can take at most, its position (epoch,
+                // offset, the room escaped in JSON) included.
+                let bound = data.len() + 7 * self.room.len() + 256;
+                link.check(bound).map_err(|t| HistoryError::TooLarge {
+                    size: t.size,
+                    limit: t.limit,
+                })?;
+            }
+        }
         let appended = store.append(&self.room, policy, data.clone()).await?;
         let frame = crate::history::live_frame(&data, &self.room, &appended.epoch, appended.offset);
         if !self.local {
             if let Some(link) = self.hub.link() {
-                link.queue(Wire::Publication {
+                // Checked before storing; a queue without room drops it
+                // for the other instances (counted).
+                let _ = link.queue(Wire::Publication {
                     room: Arc::clone(&self.room),
                     except: self.except,
                     epoch: Arc::clone(&appended.epoch),
@@ -734,19 +756,20 @@ impl RoomSender<'_> {
 
     /// Queues an encoded text message for every member (and publishes it
     /// for the other instances, unless [`local`](Self::local)). Returns how
-    /// many local clients it was queued for.
-    pub fn send_text(&self, bytes: Bytes) -> usize {
+    /// many local clients it was queued for; refused as
+    /// [`notify`](Self::notify) says.
+    pub fn send_text(&self, bytes: Bytes) -> Result<usize, BroadcastError> {
         if !self.local {
             if let Some(link) = self.hub.link() {
                 link.queue(Wire::Room {
                     room: Arc::clone(&self.room),
                     except: self.except,
                     text: bytes.clone(),
-                });
+                })?;
             }
         }
         self.hub.metrics().broadcast();
-        self.hub.0.rooms.send(&self.room, self.except, &bytes)
+        Ok(self.hub.0.rooms.send(&self.room, self.except, &bytes))
     }
 }
 
@@ -874,6 +897,7 @@ mod tests {
             Arc::new(crate::broker::LocalBroker::new()),
             "t",
             std::time::Duration::from_secs(15),
+            crate::broker::DEFAULT_QUEUE_BYTES,
         );
         let a = client(&hub);
         let joined = std::thread::spawn(move || a.join("r")).join();

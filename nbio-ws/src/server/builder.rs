@@ -732,7 +732,12 @@ impl ServerBuilder {
             },
         );
         if let Some(b) = broker {
-            hub.attach_broker(b, &cfg.pubsub.channel, cfg.pubsub.presence_ttl);
+            hub.attach_broker(
+                b,
+                &cfg.pubsub.channel,
+                cfg.pubsub.presence_ttl,
+                cfg.pubsub.queue_bytes,
+            );
         }
         if cfg.history.any() || self.history_store.is_some() {
             let store = match self.history_store {
