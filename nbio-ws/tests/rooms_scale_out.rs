@@ -454,3 +454,60 @@ async fn join_limits_redis() {
 async fn join_limits_nats() {
     join_limits(Kind::Nats).await;
 }
+
+/// A room subscription the broker refuses is tried again, with backoff,
+/// instead of leaving the room deaf: a NATS server that at first denies
+/// this instance's user the room subjects (`-ERR 'Permissions Violation
+/// for Subscription …'`), then, its configuration reloaded, allows them.
+/// Once allowed, the room's messages from the other instance arrive.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_room_subscription_is_retried_nats() {
+    nbio_ws_testkit::require_tools!("nats-server");
+    let channel = format!("nbio-test-retry.{}", free_port());
+    let users = |permissions: &str| {
+        format!(
+            "authorization {{\n  users = [ {{ user: \"ws\", password: \"pw\"{permissions} }} ]\n}}\n"
+        )
+    };
+    let deny = format!(", permissions: {{ subscribe: {{ deny: [\"{channel}.room.>\"] }} }}");
+    let mut nats = nbio_ws_testkit::broker::Nats::start_with_config(&users(&deny)).await;
+    let url = format!("nats://ws:pw@127.0.0.1:{}", nats.port());
+    let pubsub = nbio_ws::broker::PubSubConfig::nats(url).channel(&channel);
+    let a = TestServer::start(app().pubsub(pubsub.clone())).await;
+    let b = TestServer::start(app().pubsub(pubsub)).await;
+    let (ha, hb) = (a.hub.clone(), b.hub.clone());
+    eventually(|| {
+        let (ha, hb) = (ha.clone(), hb.clone());
+        async move {
+            match (ha.broker_health(), hb.broker_health()) {
+                (Some(x), Some(y)) if x.connected && y.connected => Ok(()),
+                other => Err(format!("not connected: {other:?}")),
+            }
+        }
+    })
+    .await;
+    let mut ann = Peer::connect(&a).await;
+    let mut bob = Peer::connect(&b).await;
+    // Each join returns once its SUB was flushed: the server has refused
+    // it by then.
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    converge(&[&a.hub, &b.hub], "lobby", &["ann", "bob"]).await;
+
+    nats.reload(&users(""));
+    let mut sent = 0;
+    while !ann.said.iter().any(|t| t.starts_with("after-")) {
+        assert!(sent < 200, "the room stayed deaf: {:?}", ann.said);
+        bob.call(
+            "say",
+            json!({ "room": "lobby", "text": format!("after-{sent}") }),
+        )
+        .await;
+        sent += 1;
+        ann.drain(Duration::from_millis(100)).await;
+    }
+    for s in [a, b] {
+        s.stop().await;
+    }
+}

@@ -14,6 +14,15 @@
 //! 4. once the broker is back on the same port: the instances reconnect
 //!    and resubscribe by themselves, cross-instance delivery resumes
 //!    exactly once, and the messages lost meanwhile are counted.
+//!
+//! And the bounds on what crosses: 300 KB and short broadcasts alternating
+//! back to back arrive once each, in order (every backend); a NATS
+//! server with a 64 KiB `max_payload` gets no envelope larger than that,
+//! and a message too large for it is refused alone (the handler told,
+//! `-32021`) while the messages around it arrive; a Redis subscription
+//! nobody reads loses messages (counted) without holding up the other
+//! channels; the publish queue is bounded in bytes (Redis paused for
+//! writes).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -462,4 +471,277 @@ async fn no_broker_no_change() {
         Err(nbio_ws::SendError::NotFound(_))
     ));
     s.shutdown().await.expect("shutdown");
+}
+
+/// A broker message holds what fits in one broker payload: 300 KB and
+/// short broadcasts alternating back to back (so that the publisher finds
+/// several waiting at once) each reach the far instance exactly once, in
+/// order.
+async fn large_and_short_alternating(kind: Kind) {
+    const GROUPS: usize = 10;
+    const PAIRS: usize = 4;
+    let backend = Backend::start(kind).await;
+    let channel = format!("nbio-test-large.{}.{}", std::process::id(), backend.port);
+    let mut servers = [
+        TestServer::start(backend.builder(app(), &channel)).await,
+        TestServer::start(backend.builder(app(), &channel)).await,
+    ];
+    wait_broker(&servers, true).await;
+    warm_up(&servers, "large").await;
+    let mut far = Peer::connect(&servers[1].url("/ws")).await;
+    let pad = "x".repeat(300_000);
+    let mut expected = Vec::new();
+    for g in 0..GROUPS {
+        // A few pairs at once, then wait for them: the far client's queue
+        // holds a few megabytes at most.
+        for k in 0..PAIRS {
+            let i = g * PAIRS + k;
+            for text in [format!("ls:{i:03}:big:{pad}"), format!("ls:{i:03}:small")] {
+                servers[0]
+                    .hub
+                    .broadcast("broadcast", &json!({ "text": text }))
+                    .expect("fits in one broker payload");
+                expected.push(text);
+            }
+        }
+        far.collect("ls:", expected.len(), Duration::ZERO).await;
+    }
+    far.collect("ls:", expected.len(), Duration::from_millis(300))
+        .await;
+    let got: Vec<&String> = far
+        .broadcasts
+        .iter()
+        .filter(|t| t.starts_with("ls:"))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "every one, once");
+    assert!(
+        got.iter().zip(&expected).all(|(g, e)| *g == e),
+        "in order, intact"
+    );
+    assert_eq!(
+        metric(&servers[0], "nbio_ws_broker_messages_too_large_total").await,
+        0
+    );
+    far.ws.close().await;
+    for s in &mut servers {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+nbio_ws_testkit::per_broker! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    large_and_short_alternating: large_and_short_local, large_and_short_redis,
+        large_and_short_nats
+}
+
+/// A NATS server whose `max_payload` is 64 KiB: the publisher packs below
+/// it; a message too large for it is refused alone — the handler is told
+/// (`BroadcastError::TooLarge`, `-32021` over the wire), nobody receives
+/// it, here or elsewhere, it is counted — and the messages around it
+/// arrive.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_refuses_a_message_too_large_alone() {
+    nbio_ws_testkit::require_tools!("nats-server");
+    const MAX: usize = 65536;
+    let nats =
+        nbio_ws_testkit::broker::Nats::start_with_config(&format!("max_payload: {MAX}\n")).await;
+    let channel = format!("nbio-test-max.{}", nats.port());
+    let pubsub = nbio_ws::broker::PubSubConfig::nats(nats.url()).channel(&channel);
+    let mut servers = [
+        TestServer::start(app().pubsub(pubsub.clone())).await,
+        TestServer::start(app().pubsub(pubsub)).await,
+    ];
+    wait_broker(&servers, true).await;
+    warm_up(&servers, "max").await;
+    let mut near = Peer::connect(&servers[0].url("/ws")).await;
+    let mut far = Peer::connect(&servers[1].url("/ws")).await;
+
+    // Back to back: small, too large, small, 40 KB, small, 60 KB, small.
+    let sizes = [10, 100_000, 10, 40_000, 10, 60_000, 10];
+    let mut expected = Vec::new();
+    for (i, size) in sizes.into_iter().enumerate() {
+        let mut text = format!("mx:{i}:");
+        text.extend(std::iter::repeat_n('x', size));
+        let sent = servers[0]
+            .hub
+            .broadcast("broadcast", &json!({ "text": text }));
+        if size > MAX {
+            match sent {
+                Err(nbio_ws::BroadcastError::TooLarge { size, limit }) => {
+                    assert_eq!(limit, MAX);
+                    assert!(size > 100_000, "{size}");
+                }
+                other => panic!("a message over max_payload was not refused: {other:?}"),
+            }
+        } else {
+            sent.expect("fits");
+            expected.push(text);
+        }
+    }
+    for p in [&mut near, &mut far] {
+        p.collect("mx:", expected.len(), Duration::from_millis(300))
+            .await;
+        let got: Vec<&String> = p
+            .broadcasts
+            .iter()
+            .filter(|t| t.starts_with("mx:"))
+            .collect();
+        assert_eq!(got, expected.iter().collect::<Vec<_>>());
+    }
+    assert_eq!(
+        metric(&servers[0], "nbio_ws_broker_messages_too_large_total").await,
+        1
+    );
+
+    // Through a handler: the caller gets -32021 with the limit; then a
+    // small one from the same instance arrives far away, with nothing
+    // before it.
+    let r = near
+        .call(
+            1,
+            "broadcast",
+            json!({ "text": format!("mx:big:{}", "y".repeat(100_000)) }),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32021, "{r}");
+    assert_eq!(r["error"]["data"]["limit"], MAX, "{r}");
+    let r = near
+        .call(2, "broadcast", json!({ "text": "mx:after" }))
+        .await;
+    assert_eq!(r["result"]["status"], "broadcasted", "{r}");
+    let want = expected.len() + 1;
+    for p in [&mut near, &mut far] {
+        p.collect("mx:", want, Duration::ZERO).await;
+        assert_eq!(p.count("mx:"), want, "the refused one reached nobody");
+        assert_eq!(p.broadcasts.last().map(String::as_str), Some("mx:after"));
+    }
+    assert_eq!(
+        metric(&servers[0], "nbio_ws_broker_messages_too_large_total").await,
+        2
+    );
+    for s in &mut servers {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+/// The Redis subscriber reads every channel from one connection: a
+/// subscription nobody reads keeps what fits in its buffer (1024
+/// messages), loses the rest (counted), and holds up no other channel.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_slow_subscription_holds_up_no_other() {
+    use nbio_ws::broker::Broker;
+    nbio_ws_testkit::require_tools!("redis-server");
+    const N: usize = 3000;
+    let redis = nbio_ws_testkit::broker::Redis::start().await;
+    let broker = nbio_ws::broker::RedisBroker::new(&redis.url()).expect("a broker");
+    let mut slow = broker.subscribe("slow").expect("subscribed");
+    let mut fast = broker.subscribe("fast").expect("subscribed");
+    for sub in [&slow, &fast] {
+        tokio::time::timeout(nbio_ws_testkit::TIMEOUT, sub.ready())
+            .await
+            .expect("confirmed by Redis");
+    }
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N {
+            let m = tokio::time::timeout(nbio_ws_testkit::TIMEOUT, fast.next())
+                .await
+                .expect("`fast` is not held up by `slow`")
+                .expect("a message");
+            got.push(m);
+        }
+        got
+    });
+    for i in 0..N {
+        for channel in ["slow", "fast"] {
+            broker
+                .publish(channel, format!("{channel}{i}").into())
+                .await
+                .expect("published");
+        }
+    }
+    let got = reader.await.expect("reader");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, m)| *m == format!("fast{i}").as_bytes()),
+        "`fast` got everything, in order"
+    );
+    // Redis delivered `slow`'s last message before `fast`'s.
+    assert_eq!(slow.dropped(), (N - 1024) as u64);
+    for i in 0..1024 {
+        let m = slow.next().await.expect("kept");
+        assert_eq!(m, format!("slow{i}").as_bytes());
+    }
+}
+
+/// The publish queue is bounded in bytes: while Redis takes no writes
+/// (`CLIENT PAUSE … WRITE`), a burst of 100 KB broadcasts fills a 1 MiB
+/// queue with ten of them; the others are dropped for the other
+/// instances (counted), not refused. Once Redis takes writes again, what
+/// was queued goes out.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publish_queue_is_bounded_in_bytes() {
+    nbio_ws_testkit::require_tools!("redis-server");
+    const BURST: usize = 100;
+    let redis = nbio_ws_testkit::broker::Redis::start().await;
+    let channel = format!("nbio-test-qbytes.{}", redis.port());
+    let pubsub = nbio_ws::broker::PubSubConfig::redis(redis.url())
+        .channel(&channel)
+        .queue_bytes(1 << 20);
+    let mut servers = [
+        TestServer::start(app().pubsub(pubsub.clone())).await,
+        TestServer::start(app().pubsub(pubsub)).await,
+    ];
+    wait_broker(&servers, true).await;
+    warm_up(&servers, "qbytes").await;
+    let mut far = Peer::connect(&servers[1].url("/ws")).await;
+
+    let failures = |s: &TestServer| s.hub.metrics().counter("broker_publish_failures");
+    assert_eq!(
+        redis.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).await,
+        "+OK\r\n"
+    );
+    let before = failures(&servers[0]);
+    let pad = "x".repeat(100_000);
+    for i in 0..BURST {
+        servers[0]
+            .hub
+            .broadcast("broadcast", &json!({ "text": format!("qb:{i:03}:{pad}") }))
+            .expect("queued or dropped, never refused");
+    }
+    let dropped = (failures(&servers[0]) - before) as usize;
+    assert_eq!(
+        redis.cmd(&["CLIENT", "UNPAUSE"]).await,
+        "+OK\r\n",
+        "Redis takes writes again"
+    );
+    // 1 MiB holds ten 100 KB messages: the other ninety are dropped.
+    assert!(dropped >= BURST - 10, "only {dropped} of {BURST} dropped");
+
+    // The far one gets what was queued, once Redis takes writes: a marker
+    // after the burst shows that it is all through.
+    let mut k = 0;
+    while !far.broadcasts.iter().any(|t| t.starts_with("qbend:")) {
+        assert!(k < 300, "nothing crossed after the pause");
+        servers[0]
+            .hub
+            .broadcast("broadcast", &json!({ "text": format!("qbend:{k}") }))
+            .expect("broadcast");
+        k += 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        while far.pump(deadline).await {}
+    }
+    let crossed = far.count("qb:");
+    assert!(
+        (1..=BURST - dropped).contains(&crossed),
+        "{crossed} crossed, {} were queued",
+        BURST - dropped
+    );
+    for s in &mut servers {
+        s.shutdown().await.expect("shutdown");
+    }
 }

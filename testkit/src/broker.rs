@@ -240,6 +240,8 @@ pub struct Nats {
     server: BrokerProcess,
     /// JetStream's store directory, when JetStream is on (`-js`).
     store: Option<PathBuf>,
+    /// A configuration file (`-c`), when the test gave one.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
@@ -268,7 +270,43 @@ impl Nats {
                 server.ports[0]
             ))
         });
-        Nats { server, store }
+        Nats {
+            server,
+            store,
+            config: None,
+        }
+    }
+
+    /// Started with `config` as its configuration file (`-c`; for
+    /// settings that have no command-line flag, such as
+    /// `max_payload: 65536` or `authorization { ... }`). The address and
+    /// ports stay the test's own.
+    pub async fn start_with_config(config: &str) -> Nats {
+        let mut n = Nats::stopped(false);
+        let path = std::env::temp_dir().join(format!(
+            "nbio-ws-nats-{}-{}.conf",
+            std::process::id(),
+            n.port()
+        ));
+        std::fs::write(&path, config).expect("a NATS configuration file");
+        n.config = Some(path);
+        n.up().await;
+        n
+    }
+
+    /// Replaces its configuration file with `config` and has it reload it
+    /// (SIGHUP), as an operator would. Needs [`Nats::start_with_config`].
+    pub fn reload(&mut self, config: &str) {
+        let path = self
+            .config
+            .as_ref()
+            .expect("started with a configuration file");
+        std::fs::write(path, config).expect("a NATS configuration file");
+        self.server
+            .proc
+            .as_ref()
+            .expect("nats-server is running")
+            .hangup();
     }
 
     /// Its client port.
@@ -299,6 +337,9 @@ impl Nats {
         args.push(self.port().to_string());
         args.push("-m".into());
         args.push(self.monitor().to_string());
+        if let Some(config) = &self.config {
+            args.extend(["-c".into(), config.display().to_string()]);
+        }
         if let Some(store) = &self.store {
             std::fs::create_dir_all(store).expect("a JetStream store directory");
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
@@ -350,6 +391,9 @@ impl Drop for Nats {
         self.server.down();
         if let Some(store) = &self.store {
             let _ = std::fs::remove_dir_all(store);
+        }
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
         }
     }
 }

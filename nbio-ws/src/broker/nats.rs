@@ -1,6 +1,9 @@
 //! `NatsBroker`: NATS core pub/sub (cargo feature `nats`).
 //!
-//! One `async-nats` client per instance carries both directions. The
+//! One `async-nats` client per instance carries both directions.
+//! Credentials in `WS_NATS_URL` (`nats://user:password@host:4222`, or
+//! `nats://token@host:4222`; those of the first server) are sent when it
+//! connects. The
 //! client reconnects by itself and resubscribes its subscriptions after a
 //! reconnection; it is configured here to retry forever, also when the
 //! server is down at startup, with the same capped exponential backoff as
@@ -126,7 +129,18 @@ impl Inner {
         self.client
             .get_or_try_init(|| async {
                 let refused = self.refused.clone();
-                async_nats::ConnectOptions::new()
+                let mut options = async_nats::ConnectOptions::new();
+                // The client does not read credentials from the URL itself.
+                if let Some(first) = self.servers.first() {
+                    match (first.username(), first.password()) {
+                        (Some(user), Some(pass)) => {
+                            options = options.user_and_password(unescape(user), unescape(pass));
+                        }
+                        (Some(token), None) => options = options.token(unescape(token)),
+                        _ => {}
+                    }
+                }
+                options
                     .name("nbio-ws")
                     .event_callback(move |event| {
                         if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) =
@@ -258,6 +272,27 @@ impl Inner {
     }
 }
 
+/// A URL's user or password, percent-decoded.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The subject of a refused subscription, from the server's error
 /// (`Permissions Violation for Subscription to "a.b"`).
 fn refused_subject(error: &str) -> Option<&str> {
@@ -329,5 +364,12 @@ mod tests {
         let e = "permissions violation for subscription to \"a.b\" using queue \"q\"";
         assert_eq!(super::refused_subject(e), Some("a.b"));
         assert_eq!(super::refused_subject("maximum subscriptions exceeded"), None);
+    }
+
+    #[test]
+    fn credentials_are_unescaped() {
+        assert_eq!(super::unescape("p%40ss%2Fw"), "p@ss/w");
+        assert_eq!(super::unescape("plain"), "plain");
+        assert_eq!(super::unescape("100%"), "100%");
     }
 }

@@ -890,6 +890,89 @@ mod tests {
         assert!(hub.0.rooms.by_client.is_empty());
     }
 
+    /// The in-process broker, refusing the first subscriptions to room
+    /// channels.
+    struct Refusing {
+        local: crate::broker::LocalBroker,
+        refusals: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::broker::Broker for Refusing {
+        fn adapter(&self) -> &'static str {
+            "refusing"
+        }
+        fn publish<'a>(
+            &'a self,
+            channel: &'a str,
+            payload: Bytes,
+        ) -> crate::broker::BoxFuture<'a, Result<(), crate::broker::BrokerError>> {
+            self.local.publish(channel, payload)
+        }
+        fn subscribe(
+            &self,
+            channel: &str,
+        ) -> Result<crate::broker::Subscription, crate::broker::BrokerError> {
+            let refuse = channel.contains(".room.")
+                && self
+                    .refusals
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+            if refuse {
+                return Err(crate::broker::BrokerError::Disconnected);
+            }
+            self.local.subscribe(channel)
+        }
+        fn health(&self) -> crate::broker::BrokerHealth {
+            self.local.health()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_room_subscription_is_retried() {
+        let hub = Hub::new();
+        let broker = Arc::new(Refusing {
+            local: crate::broker::LocalBroker::new(),
+            refusals: std::sync::atomic::AtomicUsize::new(3),
+        });
+        hub.attach_broker(
+            broker.clone(),
+            "t",
+            std::time::Duration::from_secs(15),
+            crate::broker::DEFAULT_QUEUE_BYTES,
+        );
+        let (a, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, 16);
+        hub.register(a.clone());
+        assert_eq!(a.join("r"), Ok(true));
+        // Another instance's message to the room, published until it
+        // arrives: once the link subscribed, after three refusals.
+        let entry = Wire::Room {
+            room: Arc::from("r"),
+            except: None,
+            text: Bytes::from_static(b"hi"),
+        };
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            let mut seq = 0;
+            loop {
+                let env = crate::cluster::envelope::encode(42, seq, std::slice::from_ref(&entry));
+                seq += 1;
+                crate::broker::Broker::publish(&broker.local, "t.room.r", env)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if let Some(m) = rx.try_recv() {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("the room's messages arrive after the retries");
+        assert!(
+            matches!(&got, Outbound::Shared(t) if t.bytes() == &b"hi"[..]),
+            "{got:?}"
+        );
+        assert_eq!(broker.refusals.load(Ordering::Acquire), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn joins_from_a_thread_without_a_runtime_use_the_servers() {
         let hub = Hub::new();
