@@ -131,11 +131,50 @@
 //! An application that needs every message after an outage needs history
 //! (a stream or a database), not pub/sub.
 //!
-//! Limits: a message larger than the broker accepts (NATS: 1 MiB by
-//! default, `max_payload`; Redis: 512 MiB) is not published and counts as
-//! a publish failure. The publish queue holds 8192 messages; a burst
-//! beyond that while the broker is slow is dropped for the other instances
-//! (and counted) rather than making handlers wait.
+//! ## Limits
+//!
+//! - **The publish queue** holds at most 8192 messages and
+//!   `WS_PUBSUB_QUEUE_BYTES` bytes of them ([`DEFAULT_QUEUE_BYTES`],
+//!   64 MiB; [`PubSubConfig::queue_bytes`]), counted until they are
+//!   published. A message that finds it full (the broker is far slower
+//!   than the handlers) still reaches this instance's clients; the other
+//!   instances miss it, and it is counted in
+//!   `nbio_ws_broker_publish_failures_total`. Handlers never wait.
+//! - **Batches fit the broker.** The publisher packs at most 256 messages
+//!   and 256 KiB into one broker message, or the broker's
+//!   [`max_payload`](Broker::max_payload) if smaller (NATS: what the
+//!   server announces, 1 MiB by default; Redis:
+//!   `RedisBroker::MAX_PAYLOAD`, 512 MiB); a larger message goes alone.
+//! - **A message too large to cross** — larger, in its envelope, than the
+//!   broker's `max_payload` or than the whole publish queue — is refused
+//!   before it is delivered anywhere: [`Hub::broadcast`](crate::Hub::broadcast)
+//!   and [`RoomSender::notify`](crate::RoomSender::notify) return
+//!   [`BroadcastError::TooLarge`](crate::BroadcastError::TooLarge)
+//!   (`-32021` with `data.size` and `data.limit` when a handler returns it
+//!   with `?`), [`Hub::send_to`](crate::Hub::send_to)
+//!   [`SendError::TooLarge`](crate::SendError::TooLarge),
+//!   [`RoomSender::publish`](crate::RoomSender::publish)
+//!   [`HistoryError::TooLarge`](crate::history::HistoryError::TooLarge)
+//!   (before storing it). It is counted in
+//!   `nbio_ws_broker_messages_too_large_total` and the first one is logged
+//!   with its size. It never costs the messages around it: it is never
+//!   packed with them, and should the broker's limit shrink after a batch
+//!   was packed (NATS reconnected to a server with a smaller one), the
+//!   batch is published message by message and only the one too large is
+//!   dropped.
+//! - **Receiving**: each subscription holds at most 1024 broker messages
+//!   and [`Subscription::BUFFER_BYTES`] (64 MiB) unread. The Redis
+//!   backend reads every channel from one connection and never waits for
+//!   a subscription: one that is full loses the message (counted in
+//!   `nbio_ws_broker_subscription_overflows_total`; the receiver also sees
+//!   the hole in the sequence numbers) and the other channels go on. The
+//!   channels it must subscribe are a set, not a queue of commands, so
+//!   rooms coming and going while Redis is slow cost nothing more.
+//! - **Subscriptions that fail are retried** with [`Backoff`]: a room
+//!   subscription the backend cannot make, or (NATS) one the server
+//!   refuses (a permissions violation) or ends, is made again until it
+//!   works or the room has no local member left, instead of leaving the
+//!   room deaf to the other instances.
 //!
 //! ## Writing a backend
 //!

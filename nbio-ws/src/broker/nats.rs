@@ -10,6 +10,17 @@
 //! the other adapters (50 ms … 2 s), and to ping every 5 s so that a
 //! connection that died silently is noticed.
 //!
+//! Each subscription has a task that keeps it: it reports the
+//! subscription confirmed once the server has the `SUB` (a flush round
+//! trip, once connected), hands what arrives to the hub without waiting
+//! (a subscription whose buffer is full loses the message, counted), and
+//! subscribes again with the same backoff when subscribing fails, the
+//! subscription ends, or the server refuses it (`-ERR 'Permissions
+//! Violation for Subscription to "…"'`), until the subscription is
+//! dropped. Publishing respects the server's `max_payload` (from its
+//! `INFO`): the hub packs below it, and a payload over it fails at once
+//! with [`BrokerError::TooLarge`].
+//!
 //! One deliberate difference from the client's defaults: while the client
 //! is not connected, `publish` fails at once instead of queueing in the
 //! client. The client would otherwise hold up to 2048 messages and send
