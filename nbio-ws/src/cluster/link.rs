@@ -572,7 +572,8 @@ async fn retry_subscribe(
             Ok(sub) => {
                 tracing::info!(%channel, "subscribed to a room's channel after retrying");
                 let mut confirmed = sub.ready_watch();
-                let _ = receivers.spawn(sub, Kind::Room, cancel.clone());
+                // Detached: it ends (and the subscription with it) on cancel.
+                drop(receivers.spawn(sub, Kind::Room, cancel.clone()));
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     r = confirmed.wait_for(|r| *r) => if r.is_ok() {
