@@ -104,13 +104,20 @@ impl BearerAuth {
         found
     }
 
-    fn check(&self, token: &str) -> Option<String> {
+    /// Who the token stands for, and when it expires (static tokens do
+    /// not).
+    fn check(&self, token: &str) -> Option<Authenticated> {
         if let Some(id) = self.check_static(token) {
-            return Some(id.to_owned());
+            return Some(Authenticated::identity(id));
         }
         #[cfg(feature = "jwt")]
         if let Some(jwt) = &self.jwt {
-            return jwt.verify(token);
+            let (sub, exp) = jwt.verify_expiring(token)?;
+            let ok = Authenticated::identity(sub);
+            return Some(match exp {
+                Some(at) => ok.with_expiry(at),
+                None => ok,
+            });
         }
         None
     }
@@ -122,8 +129,7 @@ impl Authenticator for BearerAuth {
             None => Err(AuthRejection::unauthorized("authentication required")),
             Some((token, source)) => match self.check(&token) {
                 None => Err(AuthRejection::invalid_token()),
-                Some(id) => {
-                    let ok = Authenticated::identity(id);
+                Some(ok) => {
                     Ok(if source == TokenSource::Subprotocol {
                         ok.with_subprotocol("bearer")
                     } else {

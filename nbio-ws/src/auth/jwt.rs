@@ -1,10 +1,15 @@
 //! JSON Web Tokens (HS256 and RS256), with the `jwt` cargo feature.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Validates JSON Web Tokens (HS256 and RS256): `exp` (required) and `nbf`
 /// with 60 s leeway, `aud` and `iss` when configured; `sub` (required)
 /// becomes the identity. Only with the `jwt` cargo feature.
+///
+/// A connection admitted with a token is closed with
+/// [`close::CREDENTIALS_EXPIRED`](crate::close::CREDENTIALS_EXPIRED)
+/// (4001) at its `exp`, without leeway (see the [module docs](super)).
 ///
 /// ```
 /// use nbio_ws::auth::{BearerAuth, JwtVerifier};
@@ -87,10 +92,19 @@ impl JwtVerifier {
 
     /// The token's `sub`, if the token is valid.
     pub fn verify(&self, token: &str) -> Option<String> {
+        self.verify_expiring(token).map(|(sub, _)| sub)
+    }
+
+    /// The token's `sub` and `exp` (`None`: too far off to represent), if
+    /// the token is valid.
+    pub(crate) fn verify_expiring(&self, token: &str) -> Option<(String, Option<SystemTime>)> {
         use jsonwebtoken::{Algorithm, Validation};
         #[derive(serde::Deserialize)]
         struct Claims {
             sub: String,
+            // A number, as validation accepts it: a whole or a fraction,
+            // finite and not negative (checked before this is read).
+            exp: f64,
         }
         let header = jsonwebtoken::decode_header(token).ok()?;
         // The key is picked by the algorithm, and the validation allows only
@@ -124,7 +138,11 @@ impl JwtVerifier {
             v.set_issuer(&[iss]);
         }
         match jsonwebtoken::decode::<Claims>(token, key, &v) {
-            Ok(data) if !data.claims.sub.is_empty() => Some(data.claims.sub),
+            Ok(data) if !data.claims.sub.is_empty() => {
+                // Rounded, as validation rounds it; `as` saturates.
+                let exp = Duration::from_secs(data.claims.exp.round() as u64);
+                Some((data.claims.sub, UNIX_EPOCH.checked_add(exp)))
+            }
             Ok(_) => None,
             Err(e) => {
                 // The error kind only: never the token.

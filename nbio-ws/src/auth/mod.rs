@@ -35,6 +35,21 @@
 //! (comma-separated), `iss` against `WS_JWT_ISSUER` when set, and `sub`
 //! becomes the identity.
 //!
+//! ## Credentials that expire
+//!
+//! A connection admitted with credentials that expire is closed with
+//! [`close::CREDENTIALS_EXPIRED`](crate::close::CREDENTIALS_EXPIRED)
+//! (4001, reason `credentials expired`) when they do: the client should
+//! get fresh credentials, then reconnect (the JavaScript client calls its
+//! `getToken` before every attempt). For a JWT that time is its `exp`, on
+//! the server's clock: the leeway applies to the upgrade only, so a token
+//! up to 60 s past its `exp` is still admitted — and then closed with 4001
+//! at once, which a browser can see, unlike a refused upgrade. An
+//! authenticator of your own gives an expiry with
+//! [`Authenticated::with_expiry`]. The timer is armed when the connection
+//! starts (later changes of the wall clock do not move it); a connection
+//! without an expiry has none.
+//!
 //! A request without a valid token gets `401 Unauthorized` with
 //! `WWW-Authenticate: Bearer realm="nbio-ws"` (plus `error="invalid_token"`
 //! when a token was presented but is wrong) and no upgrade.
@@ -91,6 +106,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use hyper::header;
 use hyper::{HeaderMap, Method, StatusCode, Uri};
@@ -400,11 +416,13 @@ pub(crate) fn redacted_target(uri: &Uri) -> String {
 // ---------------------------------------------------------------------------
 // Outcomes
 
-/// An admitted client: its identity, and the subprotocol to select.
+/// An admitted client: its identity, the subprotocol to select, and when
+/// its credentials expire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Authenticated {
     pub(crate) identity: Option<String>,
     pub(crate) subprotocol: Option<String>,
+    pub(crate) expires_at: Option<SystemTime>,
 }
 
 impl Authenticated {
@@ -413,7 +431,7 @@ impl Authenticated {
     pub fn identity(identity: impl Into<String>) -> Self {
         Authenticated {
             identity: Some(identity.into()),
-            subprotocol: None,
+            ..Authenticated::default()
         }
     }
 
@@ -429,10 +447,40 @@ impl Authenticated {
         self
     }
 
+    /// The credentials expire at `at`: the connection is closed then with
+    /// [`close::CREDENTIALS_EXPIRED`](crate::close::CREDENTIALS_EXPIRED)
+    /// (4001), telling the client to refresh them and reconnect. A time
+    /// already past closes the connection as soon as it starts.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use nbio_ws::auth::Authenticated;
+    ///
+    /// let until = SystemTime::now() + Duration::from_secs(3600);
+    /// let ok = Authenticated::identity("ada").with_expiry(until);
+    /// assert_eq!(ok.expires_at(), Some(until));
+    /// ```
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
     /// The identity, if any.
     pub fn identity_str(&self) -> Option<&str> {
         self.identity.as_deref()
     }
+
+    /// When the credentials expire, if they do.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+}
+
+/// What a connection keeps of its authentication.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Credentials {
+    pub identity: Option<Arc<str>>,
+    pub expires_at: Option<SystemTime>,
 }
 
 /// A refused upgrade: the HTTP status and a short message for the client.

@@ -18,7 +18,9 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::{Body, WsEndpoint};
-use crate::auth::{redacted_target, AllowedOrigins, AuthRejection, AuthRequest, Authenticator};
+use crate::auth::{
+    redacted_target, AllowedOrigins, AuthRejection, AuthRequest, Authenticator, Credentials,
+};
 use crate::config::Config;
 use crate::limits::{
     CapExceeded, Caps, ConnectionSlot, LiveCount, RateLimit, RateLimiter, TrustedProxies,
@@ -44,7 +46,8 @@ pub(crate) struct Gate {
 pub(crate) struct Admitted {
     /// The client's address (forwarded, when from a trusted proxy).
     pub remote: SocketAddr,
-    pub identity: Option<Arc<str>>,
+    /// Its identity and when its credentials expire.
+    pub credentials: Credentials,
     /// The subprotocol to select in the 101 response.
     pub subprotocol: Option<HeaderValue>,
     /// Held for the life of the connection.
@@ -150,8 +153,8 @@ impl Gate {
             }
         };
 
-        let (identity, subprotocol) = match &self.authenticator {
-            None => (None, None),
+        let (credentials, subprotocol) = match &self.authenticator {
+            None => (Credentials::default(), None),
             Some(authenticator) => {
                 // The headers are moved out for the authenticator and put
                 // back for the upgrade: no copy, and the request's body type
@@ -189,7 +192,11 @@ impl Gate {
                             offered.then(|| HeaderValue::from_str(&p).ok()).flatten()
                         });
                         tracing::debug!(%remote, identity = ?ok.identity, "authenticated");
-                        (ok.identity.map(Arc::from), sub)
+                        let credentials = Credentials {
+                            identity: ok.identity.map(Arc::from),
+                            expires_at: ok.expires_at,
+                        };
+                        (credentials, sub)
                     }
                     Ok(Ok(Err(rejection))) => {
                         self.metrics.incr("auth_failures");
@@ -222,7 +229,7 @@ impl Gate {
         };
         Ok(Admitted {
             remote,
-            identity,
+            credentials,
             subprotocol,
             slot,
         })

@@ -160,7 +160,7 @@ impl WsEndpoint {
             fut,
             shared,
             admitted.remote,
-            admitted.identity,
+            admitted.credentials,
             admitted.slot,
             self.gate.rate_limiter(),
             deflate,

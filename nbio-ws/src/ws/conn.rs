@@ -3,8 +3,8 @@
 //!
 //! The task owns the upgraded socket and selects over: more bytes from the
 //! client (the [`frame`](super::frame) reader is cancel-safe), the
-//! client's outbound queue, close requests, its handler tasks, shutdown
-//! and the ping timer. Nothing in that loop waits for a handler: handlers
+//! client's outbound queue, close requests, its handler tasks, shutdown,
+//! the ping timer and, for credentials that expire, their expiry. Nothing in that loop waits for a handler: handlers
 //! that finish at once run inline; handlers that wait become tasks of the
 //! connection ([`InFlight`]), so requests of one connection run
 //! concurrently, up to the concurrency limit.
@@ -37,6 +37,7 @@
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
 //! | outbound queue full (slow consumer) | close 1008, without waiting |
+//! | its credentials expire (a JWT's `exp`, or [`Authenticated::with_expiry`](crate::auth::Authenticated::with_expiry)) | close 4001, after queued messages |
 //! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
 use std::collections::VecDeque;
@@ -44,7 +45,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
@@ -52,6 +53,8 @@ use hyper_util::rt::TokioIo;
 
 use super::frame::{FrameReader, FrameWriter, InFrame, OpCode, Violation};
 use super::message::{close_event, compressed_limit, Assembler, RawMessage};
+use crate::auth::Credentials;
+use crate::close::CREDENTIALS_EXPIRED;
 use crate::deflate::{CompressionConfig, Deflate};
 use crate::hub::{Client, CloseRequest, Hub, OutRx, Outbound};
 use crate::jsonrpc::RpcError;
@@ -122,7 +125,7 @@ pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     shared: Arc<Shared>,
     remote: SocketAddr,
-    identity: Option<Arc<str>>,
+    credentials: Credentials,
     // Counted against the connection caps until this function returns.
     _slot: ConnectionSlot,
     limiter: Option<RateLimiter>,
@@ -140,7 +143,12 @@ pub(crate) async fn run(
     };
     let hub = &shared.hub;
     let metrics = Arc::clone(hub.metrics());
-    let (client, rx) = Client::new(hub, remote, identity, shared.settings.send_buffer);
+    // On the monotonic clock from here on; too far off to represent: never.
+    let expires = credentials.expires_at.and_then(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now().checked_add(left)
+    });
+    let (client, rx) = Client::new(hub, remote, credentials.identity, shared.settings.send_buffer);
     hub.register(client.clone());
     metrics.connected();
     if shared
@@ -179,6 +187,7 @@ pub(crate) async fn run(
         held_bytes: 0,
         limiter,
         deflate,
+        expires,
     }
     .drive()
     .await;
@@ -227,6 +236,8 @@ struct Conn<'a> {
     limiter: Option<RateLimiter>,
     /// permessage-deflate, when negotiated.
     deflate: Option<Deflate>,
+    /// When the credentials expire, if they do.
+    expires: Option<tokio::time::Instant>,
 }
 
 /// The socket failed or the connection was aborted.
@@ -240,6 +251,11 @@ impl Conn<'_> {
             settings.ping_interval,
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Only for credentials that expire (boxed: connections without
+        // stay small); a disabled branch is never polled.
+        let mut expiry = self
+            .expires
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
             // Messages held back at the limit go first, as room frees.
             while self.inflight.has_room() {
@@ -270,6 +286,7 @@ impl Conn<'_> {
             self.reader.shrink_if_idle();
             let read = self.may_read();
             let busy = !self.inflight.is_idle();
+            let expiring = expiry.is_some();
             tokio::select! {
                 biased;
                 _ = self.client.0.close_notify.notified() => {
@@ -280,6 +297,17 @@ impl Conn<'_> {
                     if self.shared.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
                         return Box::pin(self.shut_down()).await;
                     }
+                }
+                _ = async {
+                    match expiry.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if expiring => {
+                    expiry = None;
+                    tracing::debug!(client = %self.client.id(), "credentials expired");
+                    // Closed like an application close: the queue first.
+                    self.client.close(CREDENTIALS_EXPIRED, "credentials expired");
                 }
                 msg = self.rx.recv() => {
                     if Box::pin(self.write_queued(Some(msg))).await.is_err() {
