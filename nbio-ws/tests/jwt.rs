@@ -1,6 +1,6 @@
 //! JWT bearer tokens (the `jwt` feature), configured from the `WS_*`
 //! variables: HS256 and RS256, `exp`, `nbf`, `aud`, `iss`, `sub` as the
-//! identity, and no algorithm confusion.
+//! identity, no algorithm confusion, and the close with 4001 at `exp`.
 #![cfg(feature = "jwt")]
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,12 +66,20 @@ async fn status(addr: std::net::SocketAddr, token: &str) -> u16 {
     nbio_ws_testkit::upgrade_request(addr, "/ws", &auth).await.0
 }
 
-async fn identity(s: &TestServer, token: &str) -> Value {
+async fn connect(s: &TestServer, token: &str) -> WsClient {
     // The subprotocol form: JWTs are made of token characters.
     let protocol = format!("bearer, {token}");
-    let (mut c, _) =
-        WsClient::connect_with(&s.url("/ws"), &[("sec-websocket-protocol", &protocol)]).await;
-    c.call("whoami", json!([]), json!(1)).await["result"].clone()
+    WsClient::connect_with(&s.url("/ws"), &[("sec-websocket-protocol", &protocol)])
+        .await
+        .0
+}
+
+async fn whoami(c: &mut WsClient) -> Value {
+    c.request("whoami", json!([])).await["result"].clone()
+}
+
+async fn identity(s: &TestServer, token: &str) -> Value {
+    whoami(&mut connect(s, token).await).await
 }
 
 #[tokio::test]
@@ -150,4 +158,49 @@ fn an_unreadable_public_key_fails_the_build() {
     .unwrap();
     let err = Server::builder().config(cfg).build().unwrap_err();
     assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_4001_when_its_token_expires() {
+    let s = server().await;
+    let exp = now() + 2;
+    let mut short = connect(&s, &hs(json!({"sub": "brief", "exp": exp, "aud": "chat"}))).await;
+    let mut long = connect(
+        &s,
+        &hs(json!({"sub": "ada", "exp": now() + 600, "aud": "chat"})),
+    )
+    .await;
+    let mut fixed = connect(&s, "static-token").await;
+    // And a server without authentication at all.
+    let open = TestServer::start(
+        Server::builder()
+            .registered_methods(false)
+            .method("whoami", |c: Client| async move {
+                Ok::<_, nbio_ws::RpcError>(c.identity().map(str::to_owned))
+            }),
+    )
+    .await;
+    let mut anonymous = WsClient::connect(&open.url("/ws")).await;
+    assert_eq!(whoami(&mut short).await, "brief");
+
+    assert_eq!(
+        short.expect_close_frame().await,
+        (4001, "credentials expired".to_owned())
+    );
+    // At `exp` (the leeway is for the upgrade only), not before.
+    assert!(now() >= exp, "closed at {} before exp {exp}", now());
+    s.wait_connections(2).await;
+    // The others are still open, and answer.
+    assert_eq!(whoami(&mut long).await, "ada");
+    assert_eq!(whoami(&mut fixed).await, "token-1");
+    assert_eq!(whoami(&mut anonymous).await, Value::Null);
+}
+
+#[tokio::test]
+async fn a_token_past_exp_within_the_leeway_is_admitted_then_closed_with_4001() {
+    let s = server().await;
+    let late = hs(json!({"sub": "late", "exp": now() - 30, "aud": "chat"}));
+    assert_eq!(status(s.addr, &late).await, 101);
+    let mut c = connect(&s, &late).await;
+    assert_eq!(c.expect_close_frame().await.0, 4001);
 }

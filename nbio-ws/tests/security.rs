@@ -3,7 +3,7 @@
 //! that connect/disconnect churn leaves no per-client state behind.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use nbio_ws::auth::{self, AuthRejection, Authenticated};
@@ -158,6 +158,39 @@ async fn custom_authenticator_sees_the_request() {
     assert_eq!(
         seen,
         json!({"method": "GET", "path": "/ws", "room": "r 1", "peer_is_loopback": true, "user": "ada"})
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_authenticator_s_expiry_closes_with_4001() {
+    let until = SystemTime::now() + Duration::from_millis(1500);
+    let authenticator = auth::from_fn(move |req: &auth::AuthRequest| {
+        let user = req.header("x-user").map(str::to_owned);
+        async move {
+            match user.as_deref() {
+                Some("brief") => Ok(Authenticated::identity("brief").with_expiry(until)),
+                Some(u) => Ok(Authenticated::identity(u)),
+                None => Err(AuthRejection::unauthorized("who are you?")),
+            }
+        }
+    });
+    let s = TestServer::start(base().authenticator(authenticator)).await;
+    let (mut brief, _) = WsClient::connect_with(&s.url("/ws"), &[("x-user", "brief")]).await;
+    let (mut other, _) = WsClient::connect_with(&s.url("/ws"), &[("x-user", "ada")]).await;
+    assert_eq!(
+        brief.request("me", json!([])).await["result"]["identity"],
+        "brief"
+    );
+    assert_eq!(
+        brief.expect_close_frame().await,
+        (4001, "credentials expired".to_owned())
+    );
+    assert!(SystemTime::now() >= until, "closed before its expiry");
+    s.wait_connections(1).await;
+    assert_eq!(
+        other.request("me", json!([])).await["result"]["identity"],
+        "ada"
     );
     s.stop().await;
 }

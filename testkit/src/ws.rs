@@ -204,13 +204,21 @@ impl WsClient {
     /// Waits for the server's close frame; returns its code (1005 for a
     /// close frame without one).
     pub async fn expect_close(&mut self) -> u16 {
+        self.expect_close_frame().await.0
+    }
+
+    /// Waits for the server's close frame; returns its code (1005 for a
+    /// close frame without one) and reason.
+    pub async fn expect_close_frame(&mut self) -> (u16, String) {
         loop {
             match tokio::time::timeout(TIMEOUT, self.ws.next())
                 .await
                 .expect("close in time")
             {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("error before close: {e}"),
                 None => panic!("stream ended without a close frame"),
