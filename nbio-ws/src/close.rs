@@ -15,7 +15,7 @@
 //! | 1009 | a message over the size limit | not reconnect |
 //! | 1011 | the server failed | reconnect |
 //! | [`STREAM_GAP`] 4000 | a room's stream lost publications for this client (a gap the history could not fill, or its epoch changed) | reconnect and recover |
-//! | [`CREDENTIALS_EXPIRED`] 4001 | its credentials expired | refresh them, then reconnect |
+//! | [`CREDENTIALS_EXPIRED`] 4001 | its credentials expired: a JWT's `exp` passed (no leeway), or the expiry an authenticator gave with [`Authenticated::with_expiry`](crate::auth::Authenticated::with_expiry); reason `credentials expired` | refresh them, then reconnect |
 //! | [`BAD_REQUEST`] 4400 | the application refuses what the client does | not reconnect |
 //! | [`CREDENTIALS_REFUSED`] 4401 | its credentials are refused | not reconnect |
 //! | [`FORBIDDEN`] 4403 | banned, or not allowed | not reconnect |

@@ -1,7 +1,9 @@
 // Close-code behaviour, with a scripted ws server that closes with each
 // code. (The real server's 1001, 1006 and 1009 are in server.test.mjs; the
-// framework sends the 4xxx codes only when an application closes a client
-// with one.)
+// framework itself sends 4000 for a stream gap and 4001 when credentials
+// expire, the other 4xxx codes only when an application closes a client
+// with one.) 4001 is among the reconnecting codes below: `getToken` is
+// called, with that code, before the new attempt.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";

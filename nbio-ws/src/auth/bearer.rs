@@ -129,13 +129,11 @@ impl Authenticator for BearerAuth {
             None => Err(AuthRejection::unauthorized("authentication required")),
             Some((token, source)) => match self.check(&token) {
                 None => Err(AuthRejection::invalid_token()),
-                Some(ok) => {
-                    Ok(if source == TokenSource::Subprotocol {
-                        ok.with_subprotocol("bearer")
-                    } else {
-                        ok
-                    })
-                }
+                Some(ok) => Ok(if source == TokenSource::Subprotocol {
+                    ok.with_subprotocol("bearer")
+                } else {
+                    ok
+                }),
             },
         };
         Box::pin(std::future::ready(outcome))

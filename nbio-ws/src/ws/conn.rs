@@ -148,7 +148,12 @@ pub(crate) async fn run(
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::Instant::now().checked_add(left)
     });
-    let (client, rx) = Client::new(hub, remote, credentials.identity, shared.settings.send_buffer);
+    let (client, rx) = Client::new(
+        hub,
+        remote,
+        credentials.identity,
+        shared.settings.send_buffer,
+    );
     hub.register(client.clone());
     metrics.connected();
     if shared
