@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::{BoxFuture, Broker, BrokerError, BrokerHealth, Subscription};
 
@@ -57,6 +57,9 @@ pub struct LocalBroker {
 struct Inner {
     channels: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
     down: AtomicBool,
+    /// Bumped when the broker comes back: every subscription is confirmed
+    /// again, as a real backend does after resubscribing.
+    reconnects: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -74,8 +77,13 @@ impl LocalBroker {
     }
 
     /// Simulates the broker going down (`false`) or coming back (`true`).
+    /// Coming back confirms every subscription again (as a real backend
+    /// does once it has resubscribed after a reconnection).
     pub fn set_connected(&self, connected: bool) {
-        self.inner.down.store(!connected, Ordering::Release);
+        let was_down = self.inner.down.swap(!connected, Ordering::AcqRel);
+        if connected && was_down {
+            self.inner.reconnects.send_modify(|n| *n += 1);
+        }
     }
 
     fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Bytes>>> {
@@ -135,10 +143,15 @@ impl Broker for LocalBroker {
         let (tx, sub) = Subscription::channel(1024);
         tx.ready(); // in-process: subscribed as soon as `rx` exists
         let inner = Arc::clone(&self.inner);
+        let mut reconnects = inner.reconnects.subscribe();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     _ = tx.closed() => return,
+                    Ok(()) = reconnects.changed() => {
+                        tx.ready();
+                        continue;
+                    }
                     m = rx.recv() => m,
                 };
                 match msg {

@@ -315,7 +315,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Subscribes to `channel`: every payload published on it from now on
     /// (once the backend calls [`SubscriptionSender::ready`]) arrives on
     /// the returned [`Subscription`], across reconnections, until the
-    /// subscription is dropped. Called from within a tokio runtime, for
+    /// subscription is dropped; after each reconnection the backend calls
+    /// `ready` again once it has resubscribed. Called from within a tokio runtime, for
     /// several channels per hub (the shared one, presence, and one per
     /// room with local members), as rooms come and go: subscriptions
     /// should share one connection. The backend may spawn tasks.
@@ -608,7 +609,10 @@ impl SubscriptionSender {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Marks the subscription confirmed by the broker.
+    /// Marks the subscription confirmed by the broker. Call it again each
+    /// time the backend has subscribed again after a reconnection: the hub
+    /// then catches up what the channel may have carried meanwhile (rooms
+    /// with history read what they missed from the history).
     pub fn ready(&self) {
         self.ready.send_replace(true);
     }

@@ -8,7 +8,9 @@
 //! reconnection; it is configured here to retry forever, also when the
 //! server is down at startup, with the same capped exponential backoff as
 //! the other adapters (50 ms … 2 s), and to ping every 5 s so that a
-//! connection that died silently is noticed.
+//! connection that died silently is noticed. After a reconnection each
+//! subscription is confirmed again (`ready`) once a round trip to the
+//! server shows that it has the resubscriptions.
 //!
 //! Each subscription has a task that keeps it: it reports the
 //! subscription confirmed once the server has the `SUB` (a flush round
@@ -74,6 +76,8 @@ struct Inner {
     /// Subjects whose subscription the server refused (an `-ERR` such as
     /// a permissions violation), for their tasks to subscribe again.
     refused: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Bumped on every (re)connection of the client.
+    connects: tokio::sync::watch::Sender<u64>,
 }
 
 /// `WS_PUBSUB_ADAPTER=nats`, at `WS_NATS_URL` (several servers separated
@@ -128,6 +132,7 @@ impl NatsBroker {
                 shown,
                 client: OnceCell::new(),
                 refused: tokio::sync::broadcast::channel(64).0,
+                connects: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -140,6 +145,7 @@ impl Inner {
         self.client
             .get_or_try_init(|| async {
                 let refused = self.refused.clone();
+                let connects = self.connects.clone();
                 let mut options = async_nats::ConnectOptions::new();
                 // The client does not read credentials from the URL itself.
                 if let Some(first) = self.servers.first() {
@@ -154,6 +160,9 @@ impl Inner {
                 options
                     .name("nbio-ws")
                     .event_callback(move |event| {
+                        if matches!(event, async_nats::Event::Connected) {
+                            connects.send_modify(|n| *n += 1);
+                        }
                         if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) =
                             &event
                         {
@@ -198,9 +207,21 @@ impl Inner {
                 Err(e) => e,
                 Ok(None) => return, // the subscription was dropped
                 Ok(Some(mut subscriber)) => {
+                    let mut connects = self.connects.subscribe();
+                    connects.mark_unchanged();
                     let why = loop {
                         tokio::select! {
                             _ = tx.closed() => break None,
+                            Ok(()) = connects.changed() => {
+                                // Reconnected: the client resubscribed
+                                // before anything sent after this flush.
+                                if let Some(client) = self.client.get() {
+                                    let flushed = tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await;
+                                    if let Ok(Ok(())) = flushed {
+                                        tx.ready();
+                                    }
+                                }
+                            }
                             msg = subscriber.next() => match msg {
                                 Some(msg) => {
                                     // Delivered: the subscription works.

@@ -57,6 +57,66 @@ pub(crate) const DUPLICATES: &str = "broker_duplicates_dropped";
 pub(crate) const INVALID: &str = "broker_invalid_messages";
 pub(crate) const TOO_LARGE: &str = "broker_messages_too_large";
 pub(crate) const OVERFLOWS: &str = "broker_subscription_overflows";
+pub(crate) const RESENT: &str = "broker_publications_resent";
+pub(crate) const UNANNOUNCED_DROPPED: &str = "broker_publications_unannounced_dropped";
+
+/// Rooms whose latest unsent publication is kept for sending again.
+const MAX_UNANNOUNCED: usize = 4096;
+
+/// Publications to rooms with history that did not reach the broker (its
+/// publish failed, or the queue was full): stored, so their position is
+/// given out, but no other instance heard of them, and nothing may follow
+/// to show the gap. The latest of each room is kept and sent again once a
+/// publish succeeds (a presence heartbeat at the latest): the other
+/// instances drop what they delivered already and read the rest from the
+/// history.
+#[derive(Default)]
+struct Unannounced {
+    rooms: Mutex<HashMap<Arc<str>, Entry>>,
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl Unannounced {
+    fn remember(&self, entry: &Entry, metrics: &Metrics) {
+        let Entry::Publication {
+            room,
+            epoch,
+            offset,
+            ..
+        } = entry
+        else {
+            return;
+        };
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        match rooms.get(room) {
+            Some(Entry::Publication {
+                epoch: e,
+                offset: o,
+                ..
+            }) if e == epoch && o >= offset => return,
+            Some(_) => {}
+            None if rooms.len() >= MAX_UNANNOUNCED => {
+                metrics.incr(UNANNOUNCED_DROPPED);
+                return;
+            }
+            None => {}
+        }
+        rooms.insert(Arc::clone(room), entry.clone());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn take(&self) -> Vec<Entry> {
+        if !self.any.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Vec::new();
+        }
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.drain().map(|(_, e)| e).collect()
+    }
+}
 
 /// A message that does not fit in one broker payload: refused before it
 /// is delivered anywhere.
@@ -146,7 +206,7 @@ pub(crate) struct Link {
     hub: OnceLock<(Weak<dyn Inbound>, tokio::runtime::Handle)>,
     /// Room subscriptions by channel (sharded: rooms that come and go do
     /// not wait for each other).
-    rooms: DashMap<String, RoomSub>,
+    rooms: Arc<DashMap<String, RoomSub>>,
     snapshot_wanted: Arc<Notify>,
 }
 
@@ -167,6 +227,8 @@ struct Outbox {
     too_large_logged: Arc<std::sync::atomic::AtomicBool>,
     /// Asks the presence task for a snapshot of this instance.
     snapshot_wanted: Arc<Notify>,
+    /// Publications that could not be queued or published.
+    unannounced: Arc<Unannounced>,
 }
 
 impl Outbox {
@@ -216,13 +278,18 @@ impl Outbox {
             })
             .is_ok();
         let full = if !reserved {
+            self.unannounced.remember(&entry, &self.metrics);
             true
         } else {
             match self.tx.try_send(entry) {
                 Ok(()) => return Ok(true),
                 Err(e) => {
                     self.bytes.fetch_sub(len, AcqRel);
-                    matches!(e, mpsc::error::TrySendError::Full(_))
+                    let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                    if let mpsc::error::TrySendError::Full(entry) = &e {
+                        self.unannounced.remember(entry, &self.metrics);
+                    }
+                    full
                 }
             }
         };
@@ -282,13 +349,14 @@ impl Link {
                 metrics: Arc::clone(&metrics),
                 too_large_logged: Arc::default(),
                 snapshot_wanted: Arc::clone(&snapshot_wanted),
+                unannounced: Arc::default(),
             },
             pending: Mutex::new(Some(rx)),
             tasks: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
             metrics,
             hub: OnceLock::new(),
-            rooms: DashMap::new(),
+            rooms: Arc::new(DashMap::new()),
             snapshot_wanted,
         }
     }
@@ -340,16 +408,20 @@ impl Link {
             outbox: self.outbox.clone(),
             origin: self.origin,
             metrics: Arc::clone(&self.metrics),
+            rooms: Arc::clone(&self.rooms),
         })
     }
 
+    /// Spawns the receiver of `sub`; `room_channel` names the channel of
+    /// a room subscription.
     fn spawn_receiver(
         &self,
         sub: Subscription,
         kind: Kind,
+        room_channel: Option<String>,
         cancel: CancellationToken,
     ) -> Option<JoinHandle<()>> {
-        Some(self.receivers()?.spawn(sub, kind, cancel))
+        Some(self.receivers()?.spawn(sub, kind, room_channel, cancel))
     }
 
     /// Subscribes to a room's channel (its first local member joined).
@@ -380,7 +452,12 @@ impl Link {
             Ok(sub) => {
                 let ready = sub.ready_watch();
                 // The task ends (and the subscription with it) on cancel.
-                let _ = self.spawn_receiver(sub, Kind::Room, cancel.clone());
+                let _ = self.spawn_receiver(
+                    sub,
+                    Kind::Room,
+                    Some(vacant.key().clone()),
+                    cancel.clone(),
+                );
                 ready
             }
             Err(e) => {
@@ -460,7 +537,7 @@ impl Link {
                             }
                         }));
                     }
-                    tasks.extend(self.spawn_receiver(sub, kind, self.cancel.clone()));
+                    tasks.extend(self.spawn_receiver(sub, kind, None, self.cancel.clone()));
                 }
                 Err(e) => {
                     tracing::error!(adapter = self.broker.adapter(), %channel, error = %e,
@@ -535,20 +612,53 @@ struct Receivers {
     outbox: Outbox,
     origin: u64,
     metrics: Arc<Metrics>,
+    /// The room subscriptions, for the rooms of a channel.
+    rooms: Arc<DashMap<String, RoomSub>>,
 }
 
 impl Receivers {
-    fn spawn(self, sub: Subscription, kind: Kind, cancel: CancellationToken) -> JoinHandle<()> {
+    /// Spawns the receiver of `sub`; `room_channel` names the channel of
+    /// a room subscription.
+    fn spawn(
+        self,
+        sub: Subscription,
+        kind: Kind,
+        room_channel: Option<String>,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
         let rt = self.rt.clone();
+        let resync = room_channel.map(|channel| Resync {
+            channel,
+            rooms: self.rooms,
+        });
         rt.spawn(receive_loop(
             sub,
             self.hub,
             self.outbox,
             self.origin,
             kind,
+            resync,
             self.metrics,
             cancel,
         ))
+    }
+}
+
+/// A room channel's receiver tells the hub when the room may have lost
+/// messages with nothing after them to show it: the broker confirmed the
+/// subscription again (after a reconnection), or the subscription's
+/// buffer overflowed. Rooms with history then resync.
+struct Resync {
+    channel: String,
+    rooms: Arc<DashMap<String, RoomSub>>,
+}
+
+impl Resync {
+    fn rooms(&self, hub: &Arc<dyn Inbound>) {
+        let rooms = self.rooms.get(&self.channel).map(|s| s.rooms.clone());
+        for room in rooms.unwrap_or_default() {
+            Arc::clone(hub).resync(&room);
+        }
     }
 }
 
@@ -573,7 +683,7 @@ async fn retry_subscribe(
                 tracing::info!(%channel, "subscribed to a room's channel after retrying");
                 let mut confirmed = sub.ready_watch();
                 // Detached: it ends (and the subscription with it) on cancel.
-                drop(receivers.spawn(sub, Kind::Room, cancel.clone()));
+                drop(receivers.spawn(sub, Kind::Room, Some(channel.clone()), cancel.clone()));
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     r = confirmed.wait_for(|r| *r) => if r.is_ok() {
@@ -669,6 +779,7 @@ async fn publish_loop(
         origin,
         seqs: [0; 3],
         failing: false,
+        resend: false,
         carry: None,
         batch: Vec::with_capacity(BATCH_ENTRIES),
         taken: Vec::with_capacity(BATCH_ENTRIES),
@@ -688,6 +799,7 @@ async fn publish_loop(
         };
         p.fill(first, &mut rx);
         p.publish_taken().await;
+        p.resend().await;
     }
     // Shutdown: what handlers queued before the end still goes out.
     let flush = async {
@@ -713,6 +825,9 @@ struct Publisher {
     seqs: [u64; 3],
     /// Whether the last publish failed (to log transitions only).
     failing: bool,
+    /// Set when a publish succeeded while publications are kept in
+    /// [`Unannounced`] for sending again.
+    resend: bool,
     /// An entry taken from the queue that did not fit in the last batch:
     /// the first of the next one.
     carry: Option<Entry>,
@@ -748,6 +863,28 @@ impl Publisher {
             bytes += len;
             self.taken.push(e);
         }
+    }
+
+    /// Sends the kept publications again, once a publish succeeded.
+    async fn resend(&mut self) {
+        if !std::mem::take(&mut self.resend) {
+            return;
+        }
+        let again = self.outbox.unannounced.take();
+        if again.is_empty() {
+            return;
+        }
+        self.outbox.metrics.add(RESENT, again.len() as u64);
+        // Counted in the queue's bytes like any entry: the publish gives
+        // them back.
+        let bytes: usize = again.iter().map(Entry::encoded_len).sum();
+        self.outbox
+            .bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+        self.taken.extend(again);
+        self.publish_taken().await;
+        // Those that failed again are kept again, for the next success.
+        self.resend = false;
     }
 
     /// Publishes what was taken: one envelope per channel, channels in the
@@ -794,10 +931,24 @@ impl Publisher {
                 for (i, entry) in batch.iter().enumerate() {
                     let seq = first_seq.wrapping_add(i as u64);
                     let result = self.send(&channel, seq, std::slice::from_ref(entry)).await;
+                    if matches!(result, Err(ref e) if !matches!(e, BrokerError::TooLarge { .. })) {
+                        self.outbox
+                            .unannounced
+                            .remember(entry, &self.outbox.metrics);
+                    }
                     self.record(result, 1);
                 }
             }
-            result => self.record(result, n),
+            result => {
+                if matches!(result, Err(ref e) if !matches!(e, BrokerError::TooLarge { .. })) {
+                    for entry in &batch {
+                        self.outbox
+                            .unannounced
+                            .remember(entry, &self.outbox.metrics);
+                    }
+                }
+                self.record(result, n)
+            }
         }
         self.outbox
             .bytes
@@ -835,6 +986,7 @@ impl Publisher {
         match result {
             Ok(()) => {
                 metrics.add(PUBLISHED, n);
+                self.resend |= self.outbox.unannounced.any();
                 if self.failing {
                     self.failing = false;
                     tracing::info!(adapter, "publishing to the broker again");
@@ -862,12 +1014,14 @@ impl Publisher {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive_loop(
     mut sub: Subscription,
     hub: Weak<dyn Inbound>,
     link: Outbox,
     origin: u64,
     kind: Kind,
+    resync: Option<Resync>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -875,10 +1029,19 @@ async fn receive_loop(
     let mut next_seq: HashMap<u64, u64> = HashMap::new();
     // What the backend dropped because this subscription was full.
     let mut overflows = 0;
+    let mut ready = sub.ready_watch();
+    ready.mark_unchanged();
     loop {
         let msg = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
+            Ok(()) = ready.changed(), if resync.is_some() => {
+                let confirmed = *ready.borrow_and_update();
+                if let (true, Some(r), Some(hub)) = (confirmed, &resync, hub.upgrade()) {
+                    r.rooms(&hub);
+                }
+                continue;
+            }
             m = sub.next() => match m {
                 Some(m) => m,
                 None => return,
@@ -888,6 +1051,9 @@ async fn receive_loop(
         if dropped > overflows {
             metrics.add(OVERFLOWS, dropped - overflows);
             overflows = dropped;
+            if let (Some(r), Some(hub)) = (&resync, hub.upgrade()) {
+                r.rooms(&hub);
+            }
         }
         if envelope::origin(&msg) == Some(origin) {
             continue; // ours: delivered locally when it was sent
@@ -1030,6 +1196,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             too_large_logged: Arc::default(),
             snapshot_wanted: Arc::new(Notify::new()),
+            unannounced: Arc::default(),
         };
         (outbox, rx, broker)
     }

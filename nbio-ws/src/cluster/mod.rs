@@ -54,6 +54,9 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     fn local_rooms(&self, f: &mut dyn FnMut(&Arc<str>));
     /// A publication to a room with history.
     fn publication(self: Arc<Self>, room: &str, p: Publication);
+    /// The broker confirmed the room's subscription again (after a
+    /// reconnection): what it carried meanwhile may be lost.
+    fn resync(self: Arc<Self>, room: &str);
 }
 
 /// A publication to a room with history, as it arrives from another

@@ -64,6 +64,11 @@ const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
 ///   A room whose policy is smaller than the largest may therefore keep
 ///   more than its own size and TTL; a read of the latest publications
 ///   still returns at most the room's `size`.
+/// - A room's current position is its subject's last sequence: once every
+///   publication of the room has expired (or been removed), it reads
+///   offset 0 in the same epoch until the next publication (whose `prev`
+///   is then 0). Recovery stays exact: a client whose position is past
+///   that is told `recovered: false`.
 /// - Two rooms whose names hash to the same 64-bit value share a subject
 ///   (and so a sequence of publications); plain room names never collide.
 ///

@@ -40,6 +40,27 @@
 //! the reply to its join: a client buffers them until the reply and then
 //! delivers, in order, the recovered publications and the buffered ones.
 //!
+//! ## Live connections
+//!
+//! A member that stays connected gets every publication of its rooms,
+//! in order, once, or is closed with
+//! [`close::STREAM_GAP`](crate::close::STREAM_GAP) (4000: reconnect and
+//! recover). Each instance delivers a room's publications in offset
+//! order; a publication whose predecessor has not arrived waits briefly,
+//! then the missing ones are read from the history. Publications can
+//! also go missing with nothing after them to show it; two more rules
+//! cover that: when the broker confirms a room's subscription again
+//! after a reconnection, the instance reads what the history has after
+//! the last offset it delivered; and an instance whose publications did
+//! not reach the broker (its publish failed, or its queue to the broker
+//! was full) sends the latest of each room again once a publish succeeds
+//! (a presence heartbeat, every third of `WS_PRESENCE_TTL`, at the
+//! latest). When the history cannot fill a gap (trimmed, expired, more
+//! than `WS_HISTORY_MAX_RECOVER`, another epoch, or unreachable), the
+//! room's members are closed with 4000. What remains: an instance that
+//! dies between storing a publication and handing it to the broker; the
+//! next publication to the room shows the gap.
+//!
 //! ## Settings
 //!
 //! | variable | default | meaning |
@@ -57,6 +78,7 @@
 //! |---|---|---|---|
 //! | [`MemoryHistory`] | the default | one instance | never; lost when the process exits (new epochs) |
 //! | `RedisHistory` (feature `redis`) | `WS_PUBSUB_ADAPTER=redis` | every instance on that Redis and channel | `publish` fails with [`HistoryError::Unavailable`] (`-32003`), delivered to nobody; `notify` goes on |
+//! | `JetStreamHistory` (feature `nats`) | `WS_PUBSUB_ADAPTER=nats` (the server runs with `-js`) | every instance on that NATS server and channel | the same |
 //!
 //! [`ServerBuilder::history_store`](crate::ServerBuilder::history_store)
 //! sets another one. Each store's documentation gives its guarantees and

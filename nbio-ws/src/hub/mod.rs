@@ -443,6 +443,10 @@ impl Inbound for HubInner {
             },
         );
     }
+
+    fn resync(self: Arc<Self>, room: &str) {
+        self.rooms.streams.resync(&self, room);
+    }
 }
 
 impl Default for Hub {

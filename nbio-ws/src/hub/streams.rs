@@ -13,6 +13,22 @@
 //! [`CLOSE_STREAM_GAP`] (4000): they reconnect and recover, and learn
 //! `recovered: false` if the history cannot help them either.
 //!
+//! A publication of another epoch means the room's history was lost and
+//! started again (the members' positions mean nothing now: they are
+//! closed with 4000), unless the history still has the room's epoch (the
+//! publication comes from an instance with a history store of its own: it
+//! is delivered as it is). Publications of another epoch are held while
+//! the history is asked; one that cannot be asked (unreachable) closes the
+//! members too, and the room's state is read again when next needed.
+//!
+//! Publications can also go missing with nothing after them to show the
+//! gap: those sent while this instance's subscription was down. When the
+//! broker confirms a room's subscription again after a reconnection, the
+//! room *resyncs*: what the history has after the last offset delivered
+//! is delivered (or, if the history cannot cover it, the members are
+//! closed with 4000). Those the publishing instance could not send at all
+//! it sends again once the broker is back (see `cluster::link`).
+//!
 //! Each room's state starts from the history's latest offset, read once
 //! when a member first needs it, and is dropped when the room's last
 //! local member leaves (the instance stops receiving the room's traffic
@@ -27,7 +43,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::HubInner;
-use crate::history::{live_frame, HistoryConfig, HistoryError, HistoryPolicy, HistoryStore, Range};
+use crate::history::{live_frame, HistoryConfig, HistoryError, HistoryPolicy, HistoryStore};
 use crate::types::ClientId;
 
 /// How long a gap waits for the missing publications to arrive by
@@ -39,6 +55,11 @@ pub const MAX_PENDING: usize = 1024;
 /// The close code sent to the members of a room whose stream has a gap
 /// that cannot be filled, or whose epoch changed: reconnect and recover.
 pub const CLOSE_STREAM_GAP: u16 = crate::close::STREAM_GAP;
+/// How many times the sequencer asks the history (for a room's epoch, or
+/// to fill a gap) before it closes the members anyway.
+const HISTORY_ATTEMPTS: u32 = 10;
+/// The pause between two of those attempts.
+const HISTORY_RETRY: Duration = Duration::from_millis(200);
 
 /// A publication on its way to the local members.
 #[derive(Debug, Clone)]
@@ -58,6 +79,12 @@ struct Stream {
     pending: BTreeMap<u64, Incoming>,
     /// Whether a gap fill is scheduled.
     filling: bool,
+    /// Whether the next fill reads the history even with nothing held
+    /// (after a resubscription).
+    resync: bool,
+    /// Publications of another epoch, held while the history is asked
+    /// which epoch the room is in (`Some` while it is).
+    other_epoch: Option<Vec<Incoming>>,
     /// Set once the state is initialized (for those waiting on it).
     ready: Option<watch::Sender<bool>>,
     /// Whether an initialization is under way.
@@ -150,8 +177,15 @@ impl Streams {
             }
             Some((epoch, last)) => {
                 if epoch != p.epoch {
-                    drop(st);
-                    spawn_epoch_check(hub, room, p);
+                    match &mut st.other_epoch {
+                        Some(held) if held.len() < MAX_PENDING => held.push(p),
+                        Some(_) => {} // the members are closed or get the foreign ones
+                        None => {
+                            st.other_epoch = Some(vec![p]);
+                            drop(st);
+                            spawn_epoch_check(hub, room);
+                        }
+                    }
                     return;
                 }
                 if p.offset <= last {
@@ -172,10 +206,30 @@ impl Streams {
                     if !st.filling {
                         st.filling = true;
                         drop(st);
-                        spawn_fill(hub, room);
+                        spawn_fill(hub, room, GAP_GRACE);
                     }
                 }
             }
+        }
+    }
+
+    /// After the broker confirmed `room`'s subscription again: delivers
+    /// what the history has after the last offset delivered (see the
+    /// module docs).
+    pub(crate) fn resync(&self, hub: &Arc<HubInner>, room: &str) {
+        let Some(s) = self.rooms.get(room).map(|s| Arc::clone(s.value())) else {
+            return;
+        };
+        let mut st = lock(&s);
+        if st.state.is_none() {
+            return; // read from the history when first needed anyway
+        }
+        st.resync = true;
+        if !st.filling {
+            st.filling = true;
+            drop(st);
+            hub.metrics.incr("history_resyncs");
+            spawn_fill(hub, room, Duration::ZERO);
         }
     }
 
@@ -275,7 +329,7 @@ async fn init(hub: &Arc<HubInner>, room: &str) -> Result<(), HistoryError> {
             if !st.pending.is_empty() && !st.filling {
                 st.filling = true;
                 drop(st);
-                spawn_fill(hub, room);
+                spawn_fill(hub, room, GAP_GRACE);
             }
             Ok(())
         }
@@ -297,51 +351,73 @@ fn spawn_init(hub: &Arc<HubInner>, room: &str) {
     });
 }
 
-/// A publication of another epoch: either the room's history was lost and
-/// started again (the store now has that epoch: positions members hold
-/// mean nothing, so they reconnect and recover), or it comes from an
-/// instance with a store of its own (instances that do not share their
-/// history, e.g. memory history behind a real broker: it is delivered as
-/// it is, without ordering guarantees, and counted).
-fn spawn_epoch_check(hub: &Arc<HubInner>, room: &str, p: Incoming) {
+/// Publications of another epoch (held in `other_epoch`): either the
+/// room's history was lost and started again (the store now has another
+/// epoch: positions members hold mean nothing, so they reconnect and
+/// recover), or they come from an instance with a store of its own
+/// (instances that do not share their history, e.g. memory history behind
+/// a real broker: they are delivered as they are, without ordering
+/// guarantees, and counted). A store that cannot be asked counts as the
+/// first case, and the room's state is read again when next needed.
+fn spawn_epoch_check(hub: &Arc<HubInner>, room: &str) {
     let weak = Arc::downgrade(hub);
     let room: Arc<str> = Arc::from(room);
     tokio::spawn(async move {
-        let Some(hub) = weak.upgrade() else { return };
-        let streams = &hub.rooms.streams;
-        let (Some(store), Some(policy)) = (streams.store(), streams.policy(&room)) else {
-            return;
-        };
-        let current = store.read(&room, policy, None, 0).await.ok();
-        let Some(s) = streams.rooms.get(&*room).map(|s| Arc::clone(s.value())) else {
-            return;
-        };
-        if current.is_some_and(|r| r.epoch == p.epoch) {
-            {
-                let mut st = lock(&s);
-                st.state = Some((Arc::clone(&p.epoch), p.offset));
-                st.pending.clear();
+        let mut current = None;
+        for attempt in 0..HISTORY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(HISTORY_RETRY).await;
             }
-            reset_members(&hub, &room, "history epoch changed: reconnect and recover");
-        } else {
-            hub.metrics.incr("history_foreign_epoch");
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!(%room, "a publication from an instance with another history store: \
-                    instances that share a broker should share their history (Redis or JetStream)");
-            });
-            hub.metrics.broadcast();
-            hub.rooms.send(&room, p.except, &p.frame);
+            let Some(hub) = weak.upgrade() else { return };
+            let streams = &hub.rooms.streams;
+            let (Some(store), Some(policy)) = (streams.store(), streams.policy(&room)) else {
+                return;
+            };
+            if let Ok(r) = store.read(&room, policy, None, 0).await {
+                current = Some((r.epoch, r.top));
+                break;
+            }
+        }
+        let Some(hub) = weak.upgrade() else { return };
+        let Some(s) = hub
+            .rooms
+            .streams
+            .rooms
+            .get(&*room)
+            .map(|s| Arc::clone(s.value()))
+        else {
+            return;
+        };
+        let mut st = lock(&s);
+        let held = st.other_epoch.take().unwrap_or_default();
+        let ours = st.state.as_ref().map(|(e, _)| Arc::clone(e));
+        match current {
+            Some((epoch, _)) if Some(&epoch) == ours.as_ref() => {
+                drop(st);
+                hub.metrics.incr("history_foreign_epoch");
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(%room, "a publication from an instance with another history store: \
+                        instances that share a broker should share their history (Redis or JetStream)");
+                });
+                for p in held {
+                    hub.metrics.broadcast();
+                    hub.rooms.send(&room, p.except, &p.frame);
+                }
+            }
+            // Members joining from now on start from what the store has;
+            // those here are told to recover.
+            current => restart(&hub, &room, st, current),
         }
     });
 }
 
-/// After [`GAP_GRACE`], reads the missing publications from the history.
-fn spawn_fill(hub: &Arc<HubInner>, room: &str) {
+/// After `delay`, reads the missing publications from the history.
+fn spawn_fill(hub: &Arc<HubInner>, room: &str, delay: Duration) {
     let weak: Weak<HubInner> = Arc::downgrade(hub);
     let room: Arc<str> = Arc::from(room);
     tokio::spawn(async move {
-        tokio::time::sleep(GAP_GRACE).await;
+        tokio::time::sleep(delay).await;
         let Some(hub) = weak.upgrade() else { return };
         fill(&hub, &room).await;
     });
@@ -352,39 +428,45 @@ async fn fill(hub: &Arc<HubInner>, room: &str) {
     let Some(s) = streams.rooms.get(room).map(|s| Arc::clone(s.value())) else {
         return;
     };
+    let done = |st: &mut Stream| st.filling = false;
     let last = {
         let mut st = lock(&s);
-        match (&st.state, st.pending.is_empty()) {
-            (Some((_, last)), false) => *last,
-            _ => {
-                st.filling = false;
-                return;
-            }
+        let resync = std::mem::take(&mut st.resync);
+        match (&st.state, resync || !st.pending.is_empty()) {
+            (Some((_, last)), true) => *last,
+            _ => return done(&mut st),
         }
     };
     let (Some(store), Some(policy), Some(cfg)) =
         (streams.store(), streams.policy(room), streams.config())
     else {
-        return;
+        return done(&mut lock(&s));
     };
     hub.metrics.incr("history_gap_fills");
-    let read: Result<Range, HistoryError> =
-        store.read(room, policy, Some(last), cfg.max_recover).await;
+    // A store that just came back may refuse for a moment (its own
+    // reconnection backoff): ask again before giving up on the members.
+    let mut read = store.read(room, policy, Some(last), cfg.max_recover).await;
+    for _ in 1..HISTORY_ATTEMPTS {
+        if read.is_ok() {
+            break;
+        }
+        tokio::time::sleep(HISTORY_RETRY).await;
+        read = store.read(room, policy, Some(last), cfg.max_recover).await;
+    }
     let mut st = lock(&s);
-    st.filling = false;
-    let Ok(range) = read else {
-        drop(st);
-        give_up(hub, room, &s);
-        return;
-    };
+    done(&mut st);
     let Some((epoch, _)) = st.state.clone() else {
         return;
     };
-    if range.epoch != epoch {
-        drop(st);
-        give_up(hub, room, &s);
-        return;
-    }
+    let range = match read {
+        Ok(range) if range.epoch == epoch => range,
+        // Lost and started again, or unreadable: start over from what the
+        // store has (or read it when next needed).
+        other => {
+            let current = other.ok().map(|r| (r.epoch, r.top));
+            return restart(hub, room, st, current);
+        }
+    };
     for e in range.entries {
         let Some((_, last)) = st.state.clone() else {
             break;
@@ -413,10 +495,35 @@ async fn fill(hub: &Arc<HubInner>, room: &str) {
         drain(hub, room, &mut st);
     }
     drain(hub, room, &mut st);
-    if !st.pending.is_empty() {
+    // Something held that does not follow, or the history has more than
+    // could be delivered (more than the recovery limit, or entries whose
+    // predecessors it no longer has): a gap that stays.
+    let behind = st.state.as_ref().is_some_and(|(_, last)| *last < range.top);
+    if !st.pending.is_empty() || behind {
         drop(st);
         give_up(hub, room, &s);
+    } else if st.resync {
+        // Asked again while this fill was reading.
+        st.filling = true;
+        drop(st);
+        spawn_fill(hub, room, Duration::ZERO);
     }
+}
+
+/// The room's history is not the one its members' positions refer to (or
+/// cannot be read): the stream continues from `current` (`None`: read
+/// when next needed), and the members reconnect and recover.
+fn restart(
+    hub: &Arc<HubInner>,
+    room: &str,
+    mut st: std::sync::MutexGuard<'_, Stream>,
+    current: Option<(Arc<str>, u64)>,
+) {
+    st.state = current;
+    st.pending.clear();
+    drop(st);
+    hub.metrics.incr("history_epoch_changes");
+    reset_members(hub, room, "history epoch changed: reconnect and recover");
 }
 
 /// A gap the history cannot fill: the members reconnect and recover; the
