@@ -443,18 +443,25 @@ pub struct Backend {
 impl Backend {
     /// Starts the broker and waits until it accepts connections.
     pub async fn start(kind: Kind) -> Backend {
-        let (real, port) = match kind {
-            Kind::Local => (Real::Local, crate::free_port()),
-            Kind::Redis => {
-                let r = Redis::start().await;
-                let port = r.port();
-                (Real::Redis(r), port)
-            }
-            Kind::Nats => {
-                let n = Nats::start().await;
-                let port = n.port();
-                (Real::Nats(n), port)
-            }
+        let real = match kind {
+            Kind::Local => Real::Local,
+            Kind::Redis => Real::Redis(Redis::start().await),
+            Kind::Nats => Real::Nats(Nats::start().await),
+        };
+        Backend::of(kind, real)
+    }
+
+    /// A real `nats-server` with JetStream (`-js`), for rooms that keep
+    /// their history in it; otherwise like `Backend::start(Kind::Nats)`.
+    pub async fn start_jetstream() -> Backend {
+        Backend::of(Kind::Nats, Real::Nats(Nats::start_jetstream().await))
+    }
+
+    fn of(kind: Kind, real: Real) -> Backend {
+        let port = match &real {
+            Real::Local => crate::free_port(),
+            Real::Redis(r) => r.port(),
+            Real::Nats(n) => n.port(),
         };
         let local = LocalBroker::new();
         local.set_connected(true);

@@ -41,7 +41,7 @@ pub use net::{eventually, free_port, loopback, wait_port};
 pub use process::Proc;
 pub use server::TestServer;
 pub use tools::require_tool;
-pub use ws::{RawClient, RawFrame, Ws, WsClient};
+pub use ws::{Ended, RawClient, RawFrame, Ws, WsClient};
 
 use std::time::Duration;
 

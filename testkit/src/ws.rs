@@ -226,6 +226,29 @@ impl WsClient {
         }
     }
 
+    /// The next text message parsed as JSON, or how the connection ended:
+    /// [`Ended::Closed`] with the code of the server's close frame (1005
+    /// without one), or [`Ended::Dropped`] when the stream ended or broke
+    /// without a close frame (as when the server drops a slow consumer in
+    /// the middle of a frame). Pings and pongs are skipped; fails the test
+    /// if nothing arrives within [`TIMEOUT`].
+    pub async fn recv_or_end(&mut self) -> Result<Value, Ended> {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("a message or the end in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(parse(&t)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Ended::Closed(frame.map_or(1005, |f| u16::from(f.code))))
+                }
+                Some(Ok(other)) => panic!("expected text, got {other:?}"),
+                Some(Err(_)) | None => return Err(Ended::Dropped),
+            }
+        }
+    }
+
     /// Asserts that nothing but pings and pongs arrives within `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
@@ -248,6 +271,15 @@ impl WsClient {
             }))
             .await;
     }
+}
+
+/// How a connection ended, as [`WsClient::recv_or_end`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The server's close frame, with its code (1005 without one).
+    Closed(u16),
+    /// The stream ended or broke without a close frame.
+    Dropped,
 }
 
 fn parse(text: &str) -> Value {

@@ -16,14 +16,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    join, live, methods, offsets, publish, publish_from_every_instance, rejoin_while_publishing,
+    broker_killed_mid_stream, expire, join, live, methods, offsets, publish,
+    publish_from_every_instance, rejoin_while_publishing, slow_consumer, trim, BULK,
 };
 use nbio_ws_testkit::broker::{Backend, Kind};
 use nbio_ws_testkit::{TestServer, WsClient};
 
 /// An instance on `redis`, keys and channels under `channel`: `room*`
-/// keeps 100 for 10 min, `small*` 10, `brief*` 100 for 1 s; `note` is a
-/// plain (ephemeral) room notification.
+/// keeps 100 for 10 min, `small*` 10, `brief*` 100 for 1 s, `bulk*`
+/// [`BULK`]; `note` is a plain (ephemeral) room notification.
 fn instance(redis: &Backend, channel: &str) -> ServerBuilder {
     #[derive(Deserialize)]
     struct Note {
@@ -35,7 +36,8 @@ fn instance(redis: &Backend, channel: &str) -> ServerBuilder {
             .send_buffer(1024)
             .history("room*", 100, Duration::from_secs(600))
             .history("small*", 10, Duration::from_secs(600))
-            .history("brief*", 100, Duration::from_secs(1)),
+            .history("brief*", 100, Duration::from_secs(1))
+            .history("bulk*", BULK, Duration::from_secs(600)),
     )
     .method("note", |hub: Hub, Params(p): Params<Note>| async move {
         hub.to(&p.room)
@@ -293,13 +295,9 @@ async fn redis_publications_racing_with_a_rejoin_on_another_instance_arrive_once
     nbio_ws_testkit::require_tools!("redis-server");
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.race", 2).await;
-    let mut c = WsClient::connect(&servers[0].url("/ws")).await;
-    let (start, _) = join(&mut c, "room2", None).await;
-    c.close().await;
-
-    // A keeps publishing while the client rejoins on B.
-    let url = servers[1].url("/ws");
-    rejoin_while_publishing(servers[0].hub.clone(), &url, "room2", &start.position, 120).await;
+    // The first instance publishes while the client rejoins on the second
+    // (the room is alone in its store: offsets 1, 2, 3...).
+    rejoin_while_publishing(&servers[0], &servers[1], "room2", 120).await;
 }
 
 #[tokio::test]
@@ -316,51 +314,35 @@ async fn redis_trimmed_or_expired_history_is_not_recovered() {
     let redis = Backend::start(Kind::Redis).await;
     let servers = start(&redis, "t.trim", 2).await;
     let (a, b) = (&servers[0], &servers[1]);
-    let mut p = WsClient::connect(&b.url("/ws")).await;
-
-    // Trimmed by size (10 kept): not recovered, the latest instead.
-    let mut c = WsClient::connect(&a.url("/ws")).await;
-    let (start, _) = join(&mut c, "small1", None).await;
-    c.close().await;
-    for i in 0..50 {
-        publish(&mut p, "small1", &format!("x{i}")).await;
-    }
-    let mut c = WsClient::connect(&b.url("/ws")).await;
-    let (rec, _) = join(&mut c, "small1", Some(&start.position)).await;
-    assert!(!rec.recovered);
-    assert_eq!(rec.position.offset, 50);
-    assert_eq!(
-        rec.publications
-            .iter()
-            .map(|p| p.position.offset)
-            .collect::<Vec<_>>(),
-        (41..=50).collect::<Vec<_>>()
-    );
-    // Within what is kept: recovered.
-    let since = Position {
-        epoch: start.position.epoch.clone(),
-        offset: 45,
-    };
-    let (rec, _) = join(&mut c, "small1", Some(&since)).await;
-    assert!(rec.recovered);
-    assert_eq!(rec.publications.len(), 5);
-
-    // Expired (TTL 1 s): not recovered, nothing to give, same epoch.
-    let mut c = WsClient::connect(&a.url("/ws")).await;
-    join(&mut c, "brief1", None).await;
-    let first = publish(&mut p, "brief1", "y1").await;
-    assert_eq!(offsets(&live(&mut c, 1).await), [1]);
-    c.close().await;
-    publish(&mut p, "brief1", "y2").await;
-    publish(&mut p, "brief1", "y3").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut c = WsClient::connect(&b.url("/ws")).await;
-    let since = position(&first);
-    let (rec, _) = join(&mut c, "brief1", Some(&since)).await;
-    assert!(!rec.recovered, "{rec:?}");
+    // Trimmed by size (10 kept).
+    trim(a, b, "small1").await;
+    // Expired (TTL 1 s): same epoch, the room's offset stays.
+    let (since, rec) = expire(a, b, "brief1").await;
     assert_eq!(rec.position.offset, 3);
     assert_eq!(rec.position.epoch, since.epoch);
-    assert!(rec.publications.is_empty());
+}
+
+#[tokio::test]
+async fn redis_a_slow_consumer_recovers_on_another_instance() {
+    nbio_ws_testkit::require_tools!("redis-server");
+    let redis = Backend::start(Kind::Redis).await;
+    let a = TestServer::start(instance(&redis, "t.slow").send_buffer(16)).await;
+    let b = TestServer::start(instance(&redis, "t.slow")).await;
+    slow_consumer(&a, &b, &b.hub, "bulk1").await;
+}
+
+#[tokio::test]
+async fn redis_killed_mid_stream_fails_publications_then_starts_a_new_epoch() {
+    nbio_ws_testkit::require_tools!("redis-server");
+    let mut redis = Backend::start(Kind::Redis).await;
+    let servers = start(&redis, "t.mid", 2).await;
+    let o = broker_killed_mid_stream(&mut redis, &servers[0], &servers[1], "room7").await;
+    // Redis came back empty (no persistence): what follows is a new
+    // epoch, which nobody can recover across.
+    let (first, last) = (&o.published[0], o.published.last().unwrap());
+    assert_ne!(first.epoch, last.epoch);
+    assert!(o.member_closed, "the member is told to recover");
+    assert!(!o.rejoined.recovered);
 }
 
 #[tokio::test]
