@@ -25,7 +25,8 @@ pub enum LogFormat {
 /// | `WS_HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` for all interfaces) |
 /// | `WS_PORT` | `8080` | TCP port |
 /// | `WS_PATH` | `/ws` | path of the WebSocket endpoint |
-/// | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages |
+/// | `WS_SEND_BUFFER` | `256` | outbound queue per client, in messages (a client whose queue is full is closed with 1008) |
+/// | `WS_SEND_BUFFER_BYTES` | `8MiB` | outbound queue per client, in bytes (the same: closed with 1008); a message that finds the queue empty is accepted whatever its size |
 /// | `WS_MAX_ROOMS_PER_CLIENT` | `100` | rooms one client may be in at once (a join past it is refused with `-32020`) |
 /// | `WS_PING_INTERVAL` | `10s` | how often the server pings each client |
 /// | `WS_PONG_TIMEOUT` | `60s` | a client silent this long is closed |
@@ -111,8 +112,14 @@ pub struct Config {
     pub port: u16,
     /// Path of the WebSocket endpoint.
     pub path: String,
-    /// Outbound queue capacity per client, in messages.
+    /// Outbound queue capacity per client, in messages; a client whose
+    /// queue is full is closed with 1008 (slow consumer).
     pub send_buffer: usize,
+    /// Outbound queue capacity per client, in bytes of payload; a message
+    /// that would take the queue past it closes the client with 1008 like
+    /// a full queue. A message that finds the queue empty is accepted
+    /// whatever its size.
+    pub send_buffer_bytes: usize,
     /// Rooms one client may be in at once; a join past it is refused
     /// ([`JoinError::TooManyRooms`](crate::JoinError::TooManyRooms)).
     pub max_rooms_per_client: usize,
@@ -169,7 +176,8 @@ impl Default for Config {
             host: "127.0.0.1".into(),
             port: 8080,
             path: "/ws".into(),
-            send_buffer: 256,
+            send_buffer: crate::hub::Client::DEFAULT_SEND_BUFFER,
+            send_buffer_bytes: crate::hub::Client::DEFAULT_SEND_BUFFER_BYTES,
             max_rooms_per_client: crate::hub::Client::DEFAULT_MAX_ROOMS_PER_CLIENT,
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(60),
@@ -217,6 +225,9 @@ impl Config {
             send_buffer: env
                 .positive("WS_SEND_BUFFER", "a positive number of messages")?
                 .unwrap_or(d.send_buffer),
+            send_buffer_bytes: env
+                .size("WS_SEND_BUFFER_BYTES")?
+                .unwrap_or(d.send_buffer_bytes),
             max_rooms_per_client: env
                 .parse(
                     "WS_MAX_ROOMS_PER_CLIENT",
@@ -337,6 +348,7 @@ mod tests {
             ("WS_HOST", "0.0.0.0"),
             ("WS_PORT", "9001"),
             ("WS_SEND_BUFFER", "16"),
+            ("WS_SEND_BUFFER_BYTES", "2MiB"),
             ("WS_PING_INTERVAL", "1m"),
             ("WS_PONG_TIMEOUT", "90s"),
             ("WS_MAX_MESSAGE_SIZE", "64KiB"),
@@ -366,6 +378,7 @@ mod tests {
         );
         assert_eq!(c.bind_addr(), "0.0.0.0:9001");
         assert_eq!(c.send_buffer, 16);
+        assert_eq!(c.send_buffer_bytes, 2 << 20);
         assert_eq!(c.ping_interval, Duration::from_secs(60));
         assert_eq!(c.pong_timeout, Duration::from_secs(90));
         assert_eq!(c.max_message_size, 65536);
@@ -377,6 +390,8 @@ mod tests {
         for (var, value) in [
             ("WS_PORT", "70000"),
             ("WS_SEND_BUFFER", "0"),
+            ("WS_SEND_BUFFER_BYTES", "0"),
+            ("WS_SEND_BUFFER_BYTES", "lots"),
             ("WS_MAX_ROOMS_PER_CLIENT", "0"),
             ("WS_MAX_ROOMS_PER_CLIENT", "many"),
             ("WS_PING_INTERVAL", "soon"),

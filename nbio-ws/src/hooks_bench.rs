@@ -1,7 +1,7 @@
 //! Hooks for the criterion benches in `benches/`: drive the router and the
 //! hub without sockets. Not a public API.
 
-use crate::hub::{Client, OutRx};
+use crate::hub::{Client, OutRx, SendBuffer};
 use crate::ws::conn::Mode;
 use crate::{Hub, ServerBuilder};
 use bytes::Bytes;
@@ -19,7 +19,7 @@ impl RpcFixture {
     pub fn new(builder: ServerBuilder) -> Self {
         let server = builder.build().expect("bench server builds");
         let hub = server.hub().clone();
-        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, 1024);
+        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(1024));
         RpcFixture {
             server,
             client,
@@ -57,7 +57,7 @@ impl HubFixture {
         let mut rxs = Vec::with_capacity(n);
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
-            let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, queue);
+            let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(queue));
             hub.register(c.clone());
             clients.push(c);
             rxs.push(rx);

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 
 use crate::deflate::Inflater;
-use crate::hub::{Client, OutRx};
+use crate::hub::{Client, OutRx, SendBuffer};
 use crate::jsonrpc::{self, Message, Parsed};
 use crate::ws::conn::Mode;
 use crate::ws::frame::{FrameReader, InFrame, OpCode, Violation};
@@ -92,7 +92,7 @@ impl Dispatcher {
             .build()
             .expect("the fuzz server builds");
         let hub = server.hub().clone();
-        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, 1024);
+        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(1024));
         Dispatcher {
             server,
             client,

@@ -3,10 +3,21 @@
 //! A `Client` is cheap to clone (an `Arc`) and can be kept anywhere: in a
 //! handler, in application state, in another task. Sending never blocks:
 //! messages go into the client's bounded outbound queue, drained by the
-//! connection's writer task. When the queue is full the client is too slow
-//! to keep up; it is disconnected with close code 1008 and counted in the
-//! `nbio_ws_slow_consumer_disconnects_total` metric, so one slow reader can
-//! never hold up a broadcast or grow the server's memory.
+//! connection's writer task. The queue is bounded twice: in messages
+//! (`WS_SEND_BUFFER`, default 256) and in bytes (`WS_SEND_BUFFER_BYTES`,
+//! default [`Client::DEFAULT_SEND_BUFFER_BYTES`], 8 MiB). A message that
+//! would take the queue past either is refused: the client is too slow to
+//! keep up, so it is disconnected with close code 1008
+//! ([`close::POLICY`](crate::close::POLICY)) and counted in the
+//! `nbio_ws_slow_consumer_disconnects_total` metric. One slow reader can
+//! never hold up a broadcast or grow the server's memory past what its
+//! queue may hold.
+//!
+//! A message is counted at its full size in each queue it is in (a
+//! broadcast's bytes are shared by its recipients, but each of them holds
+//! it back). A message that finds the queue empty is always accepted,
+//! whatever its size, so a single reply larger than the byte cap still
+//! gets through to a client that keeps up.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -33,7 +44,8 @@ pub enum SendError {
     /// The connection is closed or closing.
     #[error("the client is disconnected")]
     Closed,
-    /// The outbound queue was full; the client has been disconnected (1008).
+    /// The outbound queue was full (in messages or in bytes); the client
+    /// has been disconnected (1008).
     #[error("the client's outbound queue is full; it was disconnected as a slow consumer")]
     Full,
     /// No client with that id is connected.
@@ -64,6 +76,37 @@ pub(crate) enum Outbound {
     Shared(Arc<SharedText>),
 }
 
+impl Outbound {
+    /// The payload's size, as the queue counts it.
+    fn len(&self) -> usize {
+        match self {
+            Outbound::Text(b) | Outbound::Binary(b) => b.len(),
+            Outbound::Shared(s) => s.bytes().len(),
+        }
+    }
+}
+
+/// The bounds of one client's outbound queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendBuffer {
+    /// Most messages queued at once.
+    pub messages: usize,
+    /// Most bytes queued at once (a message that finds the queue empty is
+    /// accepted whatever its size).
+    pub bytes: usize,
+}
+
+impl SendBuffer {
+    /// `messages` with the default byte cap.
+    #[cfg(any(test, feature = "internal-hooks"))]
+    pub(crate) fn messages(messages: usize) -> Self {
+        SendBuffer {
+            messages,
+            bytes: Client::DEFAULT_SEND_BUFFER_BYTES,
+        }
+    }
+}
+
 /// A close request for the writer task.
 #[derive(Debug, Clone)]
 pub(crate) struct CloseRequest {
@@ -78,7 +121,7 @@ pub(crate) struct ClientInner {
     remote: SocketAddr,
     identity: Option<Arc<str>>,
     queue: Mutex<Queue>,
-    queue_cap: usize,
+    queue_cap: SendBuffer,
     queue_notify: Notify,
     closing: AtomicBool,
     close_request: Mutex<Option<CloseRequest>>,
@@ -125,11 +168,20 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    /// The default of `WS_SEND_BUFFER`: how many messages a client's
+    /// outbound queue holds.
+    pub const DEFAULT_SEND_BUFFER: usize = 256;
+    /// The default of `WS_SEND_BUFFER_BYTES`: how many bytes a client's
+    /// outbound queue holds (8 MiB: twice the default largest reply,
+    /// `WS_MAX_RESPONSE_SIZE`, so that such a reply fits behind a
+    /// backlog; eight 1 MiB messages, not 256).
+    pub const DEFAULT_SEND_BUFFER_BYTES: usize = 8 << 20;
+
     pub(crate) fn new(
         hub: &crate::hub::Hub,
         remote: SocketAddr,
         identity: Option<Arc<str>>,
-        queue: usize,
+        queue: SendBuffer,
     ) -> (Client, OutRx) {
         let id = hub.next_client_id();
         let metrics = Arc::clone(hub.metrics());
@@ -138,7 +190,10 @@ impl Client {
             remote,
             identity,
             queue: Mutex::new(Queue::default()),
-            queue_cap: queue.max(1),
+            queue_cap: SendBuffer {
+                messages: queue.messages.max(1),
+                bytes: queue.bytes.max(1),
+            },
             queue_notify: Notify::new(),
             closing: AtomicBool::new(false),
             close_request: Mutex::new(None),
@@ -210,9 +265,10 @@ impl Client {
             let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.closed {
                 Err(SendError::Closed)
-            } else if q.items.len() >= self.0.queue_cap {
+            } else if q.would_overflow(msg.len(), self.0.queue_cap) {
                 Err(SendError::Full)
             } else {
+                q.bytes += msg.len();
                 q.items.push_back(msg);
                 Ok(())
             }
@@ -276,6 +332,7 @@ impl Client {
         let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.closed = true;
         q.items = VecDeque::new();
+        q.bytes = 0;
     }
 
     pub(crate) fn touch(&self) {
@@ -340,12 +397,23 @@ impl Client {
     }
 }
 
-/// The outbound queue: bounded, and allocation-free while empty (an idle
-/// connection holds no queue memory).
+/// The outbound queue: bounded in messages and in bytes, and
+/// allocation-free while empty (an idle connection holds no queue memory).
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// The payload bytes of `items`.
+    bytes: usize,
     closed: bool,
+}
+
+impl Queue {
+    /// Whether a message of `len` bytes would take the queue past `cap`.
+    /// A message that finds the queue empty always fits.
+    fn would_overflow(&self, len: usize, cap: SendBuffer) -> bool {
+        self.items.len() >= cap.messages
+            || (!self.items.is_empty() && self.bytes.saturating_add(len) > cap.bytes)
+    }
 }
 
 /// The connection's end of a client's outbound queue.
@@ -356,6 +424,9 @@ impl OutRx {
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
         let mut q = self.0 .0.queue.lock().unwrap_or_else(|p| p.into_inner());
         let msg = q.items.pop_front();
+        if let Some(m) = &msg {
+            q.bytes -= m.len();
+        }
         if q.items.is_empty() && q.items.capacity() > 64 {
             // Give back what a burst grew.
             q.items = VecDeque::new();
@@ -396,7 +467,7 @@ mod tests {
 
     fn client(queue: usize) -> (Client, OutRx) {
         let hub = crate::hub::Hub::new();
-        Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, queue)
+        Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, SendBuffer::messages(queue))
     }
 
     #[test]
@@ -411,6 +482,39 @@ mod tests {
         assert!(!req.drain);
         assert!(matches!(c.send_text("d"), Err(SendError::Closed)));
         assert_eq!(c.0.metrics.slow_consumer_disconnects(), 1);
+    }
+
+    #[test]
+    fn the_byte_cap_disconnects_like_a_full_queue() {
+        let hub = crate::hub::Hub::new();
+        let cap = SendBuffer {
+            messages: 100,
+            bytes: 10,
+        };
+        let (c, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, cap);
+        c.send_text("12345").unwrap();
+        c.send_text("12345").unwrap();
+        // Taking one out makes room for as many bytes.
+        assert!(rx.try_recv().is_some());
+        c.send_text("123").unwrap();
+        assert!(matches!(c.send_text("123"), Err(SendError::Full)));
+        let req = c.take_close_request().unwrap();
+        assert_eq!((req.code, req.drain), (crate::close::POLICY, false));
+        assert_eq!(c.0.metrics.slow_consumer_disconnects(), 1);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_byte_cap_fits_an_empty_queue() {
+        let hub = crate::hub::Hub::new();
+        let cap = SendBuffer {
+            messages: 100,
+            bytes: 10,
+        };
+        let (c, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, cap);
+        c.send_text("x".repeat(50)).unwrap();
+        assert!(rx.try_recv().is_some());
+        c.send_text("x".repeat(50)).unwrap();
+        assert!(matches!(c.send_text("x"), Err(SendError::Full)));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub(crate) mod streams;
 pub use client::{Client, SendError};
 pub use rooms::RoomSender;
 
-pub(crate) use client::{CloseRequest, OutRx, Outbound};
+pub(crate) use client::{CloseRequest, OutRx, Outbound, SendBuffer};
 
 use crate::cluster::envelope::{Entry, Presence, SnapshotMembers};
 use crate::cluster::presence::Reply;
@@ -464,7 +464,7 @@ mod tests {
         let hub = Hub::new();
         let mut rxs = Vec::new();
         for _ in 0..3 {
-            let (c, rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, 4);
+            let (c, rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, SendBuffer::messages(4));
             hub.register(c);
             rxs.push(rx);
         }

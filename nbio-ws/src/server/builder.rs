@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::history::{HistoryPolicy, HistoryStore};
 use crate::http::gate::Gate;
 use crate::http::WsEndpoint;
-use crate::hub::{Client, Hub, HubLimits};
+use crate::hub::{Client, Hub, HubLimits, SendBuffer};
 use crate::limits::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::router::{registered_methods, ErasedHandler, Handler, RequestLimits, Router, StateMap};
@@ -204,10 +204,30 @@ impl ServerBuilder {
         self.set(move |c| c.max_message_size = bytes)
     }
 
-    /// The capacity of each client's outbound queue, in messages (default
-    /// 256). A client whose queue is full is closed with 1008.
+    /// The capacity of each client's outbound queue, in messages
+    /// (`WS_SEND_BUFFER`, default 256). A client whose queue is full is
+    /// closed with 1008 (slow consumer).
     pub fn send_buffer(self, messages: usize) -> Self {
         self.set(move |c| c.send_buffer = messages)
+    }
+
+    /// The capacity of each client's outbound queue, in bytes of payload
+    /// (`WS_SEND_BUFFER_BYTES`, default
+    /// [`Client::DEFAULT_SEND_BUFFER_BYTES`], 8 MiB). A message that would
+    /// take the queue past it closes the client with 1008, as a full queue
+    /// does; a message that finds the queue empty is accepted whatever its
+    /// size. A broadcast counts its full size in every recipient's queue.
+    ///
+    /// ```
+    /// let server = nbio_ws::Server::builder()
+    ///     .send_buffer(64)
+    ///     .send_buffer_bytes(1 << 20)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(server.config().send_buffer_bytes, 1 << 20);
+    /// ```
+    pub fn send_buffer_bytes(self, bytes: usize) -> Self {
+        self.set(move |c| c.send_buffer_bytes = bytes)
     }
 
     /// How many rooms one client may be in at once
@@ -643,6 +663,7 @@ impl ServerBuilder {
         for (name, v) in [
             ("max_message_size", cfg.max_message_size),
             ("send_buffer", cfg.send_buffer),
+            ("send_buffer_bytes", cfg.send_buffer_bytes),
             ("max_concurrent_requests", cfg.max_concurrent_requests),
             ("max_batch", cfg.max_batch),
             ("max_response_size", cfg.max_response_size),
@@ -776,7 +797,10 @@ impl ServerBuilder {
             .map_err(BuildError::Security)?;
         let settings = Settings {
             max_message_size: cfg.max_message_size,
-            send_buffer: cfg.send_buffer,
+            send_buffer: SendBuffer {
+                messages: cfg.send_buffer,
+                bytes: cfg.send_buffer_bytes,
+            },
             ping_interval: cfg.ping_interval,
             pong_timeout: cfg.pong_timeout,
             close_timeout: self.close_timeout,

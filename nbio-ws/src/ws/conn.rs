@@ -56,7 +56,7 @@ use super::message::{close_event, compressed_limit, Assembler, RawMessage};
 use crate::auth::Credentials;
 use crate::close::CREDENTIALS_EXPIRED;
 use crate::deflate::{CompressionConfig, Deflate};
-use crate::hub::{Client, CloseRequest, Hub, OutRx, Outbound};
+use crate::hub::{Client, CloseRequest, Hub, OutRx, Outbound, SendBuffer};
 use crate::jsonrpc::RpcError;
 use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::router::{BoxFuture, InFlight, Router};
@@ -78,7 +78,7 @@ pub(crate) enum Mode {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub max_message_size: usize,
-    pub send_buffer: usize,
+    pub send_buffer: SendBuffer,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub close_timeout: Duration,
