@@ -129,7 +129,7 @@ pub(crate) struct ClientInner {
     /// Fired for closes that must not wait (slow consumers): interrupts a
     /// write that the peer is not reading.
     pub(crate) abort_notify: Notify,
-    extensions: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    extensions: Mutex<HashMap<TypeId, Arc<ExtensionSlot>>>,
     connected_at: Instant,
     /// Milliseconds since `connected_at` when the peer was last heard from.
     pub(crate) last_seen_ms: AtomicU64,
@@ -359,42 +359,149 @@ impl Client {
     /// assert_eq!(client.extension::<Nick>().unwrap().0, "ada");
     /// # }
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a [`with_extension`](Client::with_extension) closure for the
+    /// same `T` (see there).
     pub fn insert_extension<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(TypeId::of::<T>(), Box::new(value))
+        let slot = self.extension_slot::<T>(true)?;
+        let mut v = slot.lock::<T>();
+        v.replace(Box::new(value))
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
     /// A clone of the stored value of type `T`, if any.
+    ///
+    /// # Panics
+    ///
+    /// Inside a [`with_extension`](Client::with_extension) closure for the
+    /// same `T` (see there).
     pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        let map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
-            .cloned()
+        let slot = self.extension_slot::<T>(false)?;
+        let v = slot.lock::<T>();
+        v.as_ref().and_then(|v| v.downcast_ref::<T>()).cloned()
     }
 
     /// Removes and returns the stored value of type `T`, if any.
+    ///
+    /// # Panics
+    ///
+    /// Inside a [`with_extension`](Client::with_extension) closure for the
+    /// same `T` (see there).
     pub fn remove_extension<T: Send + Sync + 'static>(&self) -> Option<T> {
-        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&TypeId::of::<T>())
-            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+        let slot = self.extension_slot::<T>(false)?;
+        let mut v = slot.lock::<T>();
+        v.take().and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
     /// Runs `f` with mutable access to the stored value of type `T`,
     /// inserting `T::default()` first if there is none.
+    ///
+    /// Each type has a lock of its own, held while `f` runs: calls for the
+    /// same type from other tasks wait their turn (no update is lost),
+    /// and `f` may use the client's other extensions freely.
+    ///
+    /// ```
+    /// # fn demo(client: nbio_ws::Client) {
+    /// #[derive(Default)]
+    /// struct Sent(u64);
+    /// #[derive(Clone)]
+    /// struct Nick(String);
+    /// client.insert_extension(Nick("ada".into()));
+    /// let n = client.with_extension(|sent: &mut Sent| {
+    ///     // Another type's extension, inside the closure.
+    ///     let nick = client.extension::<Nick>().unwrap();
+    ///     sent.0 += 1;
+    ///     format!("{} sent {}", nick.0, sent.0)
+    /// });
+    /// assert_eq!(n, "ada sent 1");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `f` uses the extension of the same type `T` on this client again
+    /// (`extension::<T>`, `insert_extension::<T>`, `remove_extension::<T>`
+    /// or a nested `with_extension::<T>`): the value is already borrowed
+    /// mutably, so that call panics with a message naming `T` — like a
+    /// `RefCell` borrowed twice — instead of waiting for itself forever. In
+    /// a handler that panic is answered with -32603.
     pub fn with_extension<T, R>(&self, f: impl FnOnce(&mut T) -> R) -> R
     where
         T: Default + Send + Sync + 'static,
     {
-        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Box::new(T::default()));
-        match entry.downcast_mut::<T>() {
+        let Some(slot) = self.extension_slot::<T>(true) else {
+            unreachable!("extension_slot creates the slot when asked to")
+        };
+        let mut v = slot.lock::<T>();
+        let _borrowed = slot.borrow();
+        let value = v.get_or_insert_with(|| Box::new(T::default()));
+        match value.downcast_mut::<T>() {
             Some(v) => f(v),
             None => unreachable!("extensions are keyed by their TypeId"),
         }
     }
+
+    /// The slot of type `T`'s extension (created if `create`).
+    fn extension_slot<T: 'static>(&self, create: bool) -> Option<Arc<ExtensionSlot>> {
+        let mut map = self.0.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        let id = TypeId::of::<T>();
+        if create {
+            Some(Arc::clone(map.entry(id).or_default()))
+        } else {
+            map.get(&id).cloned()
+        }
+    }
+}
+
+/// One type's extension on one client, locked on its own: a
+/// [`Client::with_extension`] closure holds only its type's lock, never the
+/// map of them.
+#[derive(Default)]
+struct ExtensionSlot {
+    value: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+    /// The thread running a `with_extension` closure on this slot (its
+    /// [`thread_token`]), 0 when none is: a call for the same type from
+    /// that thread would wait for itself.
+    borrowed_by: AtomicU64,
+}
+
+impl ExtensionSlot {
+    /// Locks the value; panics instead of deadlocking when this thread is
+    /// inside a `with_extension` closure of the same slot.
+    fn lock<T>(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn Any + Send + Sync>>> {
+        if self.borrowed_by.load(Ordering::Acquire) == thread_token() {
+            panic!(
+                "Client extension {} used inside its own with_extension closure \
+                 (it is already borrowed mutably)",
+                std::any::type_name::<T>()
+            );
+        }
+        self.value.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the slot borrowed by this thread until the guard drops (also
+    /// when the closure panics). Call with the value locked.
+    fn borrow(&self) -> impl Drop + '_ {
+        struct Borrowed<'a>(&'a AtomicU64);
+        impl Drop for Borrowed<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        self.borrowed_by.store(thread_token(), Ordering::Release);
+        Borrowed(&self.borrowed_by)
+    }
+}
+
+/// A number unique to the calling thread, never 0.
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
 }
 
 /// The outbound queue: bounded in messages and in bytes, and
@@ -526,6 +633,92 @@ mod tests {
         assert_eq!(c.extension::<u32>(), Some(6));
         assert_eq!(c.remove_extension::<u32>(), Some(6));
         assert_eq!(c.extension::<u32>(), None);
+    }
+
+    /// Runs `f` on a thread of its own; fails the test if it has not
+    /// returned after 10 s (it deadlocked) or panicked.
+    fn without_deadlock<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the call returned (no deadlock, no panic)")
+    }
+
+    #[test]
+    fn with_extension_may_use_the_other_extensions() {
+        let (c, _rx) = client(1);
+        c.insert_extension(String::from("ada"));
+        let got = without_deadlock(move || {
+            let got = c.with_extension(|n: &mut u32| {
+                *n += 1;
+                // Another type: read, write, remove, and a nested closure.
+                let name = c.extension::<String>().unwrap();
+                c.insert_extension(7u8);
+                c.with_extension(|v: &mut Vec<u32>| v.push(*n));
+                assert_eq!(c.remove_extension::<u8>(), Some(7));
+                format!("{name} {n}")
+            });
+            (got, c.extension::<u32>(), c.extension::<Vec<u32>>())
+        });
+        assert_eq!(got, ("ada 1".to_string(), Some(1), Some(vec![1])));
+    }
+
+    #[test]
+    fn with_extension_of_the_same_type_inside_panics_instead_of_deadlocking() {
+        let (c, _rx) = client(1);
+        c.insert_extension(1u32);
+        let d = c.clone();
+        let outcome = without_deadlock(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                d.with_extension(|n: &mut u32| {
+                    *n += 1;
+                    d.extension::<u32>()
+                })
+            }))
+            .map_err(|p| p.downcast_ref::<String>().cloned().unwrap_or_default())
+        });
+        let msg = outcome.unwrap_err();
+        assert!(msg.contains("u32") && msg.contains("with_extension"), "{msg}");
+        // The value and its lock survive the panic.
+        let d = c.clone();
+        assert_eq!(
+            without_deadlock(move || d.with_extension(|n: &mut u32| *n)),
+            2
+        );
+        let d = c.clone();
+        let nested = without_deadlock(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                d.with_extension(|_: &mut u32| d.with_extension(|_: &mut u32| ()))
+            }))
+            .is_err()
+        });
+        assert!(nested);
+        assert_eq!(c.extension::<u32>(), Some(2));
+    }
+
+    #[test]
+    fn with_extension_from_many_threads_loses_no_update() {
+        let (c, _rx) = client(1);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.with_extension(|n: &mut u64| {
+                            let v = *n;
+                            std::hint::black_box(&c);
+                            *n = v + 1;
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.extension::<u64>(), Some(8000));
     }
 
     #[test]
