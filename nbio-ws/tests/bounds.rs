@@ -1,13 +1,15 @@
 //! What one client can cost, over real sockets: batch size, the
 //! per-connection concurrency limit (and what still works at it), the
 //! request timeout, handlers cancelled with their connection, bounded
-//! replies and error echoes, metric cardinality, the admin listener.
+//! replies and error echoes, metric cardinality, the admin listener, the
+//! outbound queue's byte cap, the connect hook running beside the
+//! connection, extensions used inside `with_extension`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbio_ws::{Params, RpcError, Server, ServerBuilder, State};
+use nbio_ws::{Client, Config, Params, RpcError, Server, ServerBuilder, State};
 use nbio_ws_testkit::{http_request, RawClient, TestServer, WsClient, TIMEOUT};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -527,4 +529,175 @@ async fn the_admin_address_serves_health_and_metrics_instead_of_the_public_port(
     assert!(body.contains(r#"nbio_ws_method_calls_total{method="count"} 1"#));
     assert_eq!(http_request(admin, "GET", "/ws").await.0, 404);
     assert_eq!(http_request(admin, "POST", "/health").await.0, 405);
+}
+
+// --- The outbound queue's byte cap.
+
+/// A server whose `flood` method sends its caller `[count, size]`
+/// messages of `size` bytes at once (inline in the connection's task, so
+/// none is written meanwhile) and records how many were queued.
+fn flooding() -> (ServerBuilder, Arc<AtomicUsize>) {
+    let queued = Arc::new(AtomicUsize::new(0));
+    let b = Server::builder()
+        .registered_methods(false)
+        .state(Arc::clone(&queued))
+        .method(
+            "flood",
+            |c: Client,
+             State(queued): State<Arc<AtomicUsize>>,
+             Params((count, size)): Params<(usize, usize)>| async move {
+                let text = bytes::Bytes::from("x".repeat(size));
+                let n = (0..count)
+                    .take_while(|_| c.send_text(text.clone()).is_ok())
+                    .count();
+                queued.store(n, Ordering::SeqCst);
+                Ok::<_, RpcError>(n)
+            },
+        )
+        .method("big", |Params((n,)): Params<(usize,)>| async move {
+            Ok::<_, RpcError>("x".repeat(n))
+        });
+    (b, queued)
+}
+
+#[tokio::test]
+async fn one_mib_messages_hit_the_byte_cap_long_before_the_message_cap() {
+    let (b, queued) = flooding();
+    let s = TestServer::start(b).await;
+    let defaults = Config::default();
+    assert_eq!(defaults.send_buffer, 256);
+    assert_eq!(defaults.send_buffer_bytes, 8 << 20);
+
+    // 1 MiB messages: the ninth would take the queue past 8 MiB.
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    c.send_json(&call("flood", json!([256, 1 << 20]), 1)).await;
+    assert_eq!(c.expect_close().await, 1008);
+    assert_eq!(queued.load(Ordering::SeqCst), 8);
+    assert_eq!(s.hub.metrics().slow_consumer_disconnects(), 1);
+
+    // 1 KiB messages: the message cap comes first.
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    c.send_json(&call("flood", json!([1000, 1024]), 1)).await;
+    assert_eq!(c.expect_close().await, 1008);
+    assert_eq!(queued.load(Ordering::SeqCst), 256);
+    assert_eq!(s.hub.metrics().slow_consumer_disconnects(), 2);
+}
+
+#[tokio::test]
+async fn the_byte_cap_is_configurable_and_one_larger_message_still_gets_through() {
+    let (b, queued) = flooding();
+    let s = TestServer::start(b.send_buffer_bytes(64 * 1024)).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    // Alone in the queue, a reply larger than the cap is written.
+    let r = c.ok("big", json!([100_000])).await;
+    assert_eq!(r.as_str().map(str::len), Some(100_000));
+    // Sixty-four 1 KiB messages fit, the sixty-fifth does not.
+    c.send_json(&call("flood", json!([256, 1024]), 2)).await;
+    assert_eq!(c.expect_close().await, 1008);
+    assert_eq!(queued.load(Ordering::SeqCst), 64);
+}
+
+// --- The connect hook runs beside the connection.
+
+/// What the hooks of a test did, in order.
+type Log = Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// A server whose connect hook logs, greets, waits for a permit of `gate`
+/// and marks the client ready; `ready` answers whether it is.
+fn gated_connect(gate: &Arc<Semaphore>, log: &Log) -> ServerBuilder {
+    #[derive(Clone)]
+    struct Ready;
+    let (gate, log, log2) = (Arc::clone(gate), Arc::clone(log), Arc::clone(log));
+    Server::builder()
+        .registered_methods(false)
+        .send_buffer(8)
+        .on_connect(move |c: Client| {
+            let (gate, log) = (Arc::clone(&gate), Arc::clone(&log));
+            async move {
+                log.lock().unwrap().push("connect");
+                c.notify("welcome", &json!({})).unwrap();
+                gate.acquire().await.unwrap().forget();
+                c.insert_extension(Ready);
+                log.lock().unwrap().push("connected");
+            }
+        })
+        .on_disconnect(move |_| {
+            let log = Arc::clone(&log2);
+            async move { log.lock().unwrap().push("disconnected") }
+        })
+        .method("ready", |c: Client| async move {
+            Ok::<_, RpcError>(c.extension::<Ready>().is_some())
+        })
+}
+
+#[tokio::test]
+async fn what_is_sent_while_on_connect_waits_is_written_and_requests_wait_for_it() {
+    let (gate, log) = (Arc::new(Semaphore::new(0)), Log::default());
+    let s = TestServer::start(gated_connect(&gate, &log)).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    assert_eq!(c.recv_json().await["method"], "welcome");
+    // A request sent now runs only once the hook has returned.
+    c.send_json(&call("ready", json!([]), 1)).await;
+    // Four queues' worth of broadcasts while the hook waits: each is
+    // written as it comes (the queue holds 8).
+    for n in 0..32 {
+        assert_eq!(s.hub.broadcast("n", &json!({"n": n})).unwrap(), 1);
+        let v = c.recv_json().await;
+        assert_eq!(v["params"]["n"], n, "{v}");
+    }
+    assert_eq!(*log.lock().unwrap(), ["connect"]);
+    gate.add_permits(1);
+    let r = c.recv_json().await;
+    assert_eq!((&r["id"], &r["result"]), (&json!(1), &json!(true)), "{r}");
+    assert_eq!(s.hub.metrics().slow_consumer_disconnects(), 0);
+    assert_eq!(*log.lock().unwrap(), ["connect", "connected"]);
+}
+
+#[tokio::test]
+async fn a_close_while_on_connect_waits_is_honoured_and_on_disconnect_comes_after_it() {
+    let (gate, log) = (Arc::new(Semaphore::new(0)), Log::default());
+    let s = TestServer::start(gated_connect(&gate, &log)).await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    assert_eq!(c.recv_json().await["method"], "welcome");
+    s.hub.close_all(4403, "not you");
+    assert_eq!(c.expect_close().await, 4403);
+    eventually("the client left the hub", || s.hub.is_empty()).await;
+    assert_eq!(*log.lock().unwrap(), ["connect"]);
+    gate.add_permits(1);
+    eventually("the disconnect hook ran", || log.lock().unwrap().len() == 3).await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["connect", "connected", "disconnected"]
+    );
+}
+
+// --- Extensions inside `with_extension`.
+
+#[tokio::test]
+async fn with_extension_closures_use_other_extensions_and_the_same_one_is_an_error() {
+    let s = TestServer::start(
+        Server::builder()
+            .registered_methods(false)
+            .method("nest", |c: Client| async move {
+                c.insert_extension(String::from("ada"));
+                let r = c.with_extension(|n: &mut u32| {
+                    *n += 1;
+                    let name = c.extension::<String>().unwrap_or_default();
+                    c.with_extension(|seen: &mut Vec<u32>| seen.push(*n));
+                    format!("{name} {n}")
+                });
+                Ok::<_, RpcError>(r)
+            })
+            .method("same", |c: Client| async move {
+                let r = c.with_extension(|n: &mut u32| c.extension::<u32>().unwrap_or(*n));
+                Ok::<_, RpcError>(r)
+            }),
+    )
+    .await;
+    let mut c = WsClient::connect(&s.url("/ws")).await;
+    assert_eq!(c.ok("nest", json!([])).await, "ada 1");
+    let e = c.err("same", json!([])).await;
+    assert_eq!(e["code"], -32603, "{e}");
+    // The connection and the extension are still there.
+    assert_eq!(c.ok("nest", json!([])).await, "ada 2");
 }

@@ -437,8 +437,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Runs `hook` after each client connects, before its first message
-    /// is read.
+    /// Runs `hook` after each client connects (it is in the hub already),
+    /// before any of its messages runs.
+    ///
+    /// While the hook runs, the connection goes on with everything else:
+    /// what is sent to the client (by the hook, broadcasts, rooms) is
+    /// written as it comes, so a hook that waits (for a database, say)
+    /// does not make the client's queue overflow; pings and closes are
+    /// handled; the client's messages are read and held back (as at the
+    /// concurrency limit) and run once the hook has returned. If the
+    /// connection ends meanwhile, the hook still runs to its end (sending
+    /// fails with [`SendError::Closed`](crate::SendError::Closed)), and
+    /// the disconnect hook runs after it.
     pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Client) -> Fut + Send + Sync + 'static,

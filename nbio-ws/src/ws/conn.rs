@@ -17,6 +17,13 @@
 //! close requests and shutdown. A client that keeps sending past that is
 //! simply not read (TCP pushes back) until a request finishes.
 //!
+//! The connect hook runs inside that loop too: while it runs, what is sent
+//! to the client is written as it comes (a hook that waits never makes the
+//! queue overflow), pings and close requests are handled, and messages
+//! from the client are read and held back, as at the concurrency limit,
+//! until it returns. If the connection ends first, the hook still runs to
+//! its end (its sends fail) before the disconnect hook starts.
+//!
 //! Handler tasks belong to their connection: when it ends, those still
 //! running are cancelled (aborted). On graceful shutdown the connection
 //! first stops reading, waits (within the shutdown timeout) for its
@@ -36,7 +43,7 @@
 //! | invalid UTF-8 in a text message or a close reason | close 1007 |
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
-//! | outbound queue full (slow consumer) | close 1008, without waiting |
+//! | outbound queue full, in messages or in bytes (slow consumer) | close 1008, without waiting |
 //! | its credentials expire (a JWT's `exp`, or [`Authenticated::with_expiry`](crate::auth::Authenticated::with_expiry)) | close 4001, after queued messages |
 //! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
@@ -164,9 +171,13 @@ pub(crate) async fn run(
         client.close(1001, "server shutting down");
     }
     tracing::debug!(client = %client.id(), %remote, "connected");
-    if let Some(hook) = &shared.on_connect {
-        run_hook(hook, &client, "on_connect").await;
-    }
+    // The connect hook runs inside the connection loop, which writes what
+    // is sent to the client meanwhile (so a hook that waits cannot make the
+    // queue overflow) but runs no message before the hook has returned.
+    let mut connecting = shared
+        .on_connect
+        .as_ref()
+        .map(|hook| guarded_hook(hook, &client, "on_connect"));
 
     let max = shared.settings.max_message_size;
     let mut reader = FrameReader::new(max);
@@ -193,6 +204,7 @@ pub(crate) async fn run(
         limiter,
         deflate,
         expires,
+        connecting: &mut connecting,
     }
     .drive()
     .await;
@@ -201,18 +213,32 @@ pub(crate) async fn run(
     hub.unregister(client.id());
     metrics.disconnected(code);
     tracing::debug!(client = %client.id(), code, "disconnected");
+    if let Some(hook) = connecting {
+        // Closed while the connect hook ran: it finishes (its sends fail)
+        // before the disconnect hook starts.
+        hook.await;
+    }
     if let Some(hook) = &shared.on_disconnect {
-        run_hook(hook, &client, "on_disconnect").await;
+        guarded_hook(hook, &client, "on_disconnect").await;
     }
 }
 
-async fn run_hook(hook: &Hook, client: &Client, name: &str) {
-    if AssertUnwindSafe(hook(client.clone()))
-        .catch_unwind()
-        .await
-        .is_err()
-    {
-        tracing::error!(client = %client.id(), hook = name, "hook panicked");
+/// A hook's run for `client`, its panic caught and logged.
+fn guarded_hook(hook: &Hook, client: &Client, name: &'static str) -> BoxFuture<()> {
+    let id = client.id();
+    let run = AssertUnwindSafe(hook(client.clone())).catch_unwind();
+    Box::pin(async move {
+        if run.await.is_err() {
+            tracing::error!(client = %id, hook = name, "hook panicked");
+        }
+    })
+}
+
+/// Waits for the connect hook, if it is still running.
+async fn hook_done(hook: &mut Option<BoxFuture<()>>) {
+    match hook {
+        Some(run) => run.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -243,6 +269,9 @@ struct Conn<'a> {
     deflate: Option<Deflate>,
     /// When the credentials expire, if they do.
     expires: Option<tokio::time::Instant>,
+    /// The connect hook while it runs; no message is dispatched before it
+    /// returns (they are held back, as at the concurrency limit).
+    connecting: &'a mut Option<BoxFuture<()>>,
 }
 
 /// The socket failed or the connection was aborted.
@@ -262,8 +291,9 @@ impl Conn<'_> {
             .expires
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
-            // Messages held back at the limit go first, as room frees.
-            while self.inflight.has_room() {
+            // Messages held back at the limit (or while the connect hook
+            // runs) go first, as room frees.
+            while self.may_dispatch() {
                 let Some(msg) = self.held.pop_front() else {
                     break;
                 };
@@ -292,6 +322,7 @@ impl Conn<'_> {
             let read = self.may_read();
             let busy = !self.inflight.is_idle();
             let expiring = expiry.is_some();
+            let connecting = self.connecting.is_some();
             tokio::select! {
                 biased;
                 _ = self.client.0.close_notify.notified() => {
@@ -320,6 +351,9 @@ impl Conn<'_> {
                     }
                 }
                 _ = self.inflight.progress(), if busy => {}
+                _ = hook_done(self.connecting), if connecting => {
+                    *self.connecting = None;
+                }
                 read = self.reader.fill(self.io), if read => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
@@ -343,10 +377,16 @@ impl Conn<'_> {
         self.held.len() < MAX_HELD && self.held_bytes < self.shared.settings.max_message_size
     }
 
+    /// Whether a message may run now: the connect hook has returned and
+    /// the concurrency limit has room.
+    fn may_dispatch(&self) -> bool {
+        self.connecting.is_none() && self.inflight.has_room()
+    }
+
     /// Runs a whole message now, or holds it back while the connection is
-    /// at its concurrency limit.
+    /// at its concurrency limit or its connect hook runs.
     async fn on_whole_message(&mut self, msg: RawMessage) -> Result<(), Gone> {
-        if self.held.is_empty() && self.inflight.has_room() {
+        if self.held.is_empty() && self.may_dispatch() {
             self.dispatch(msg).await
         } else {
             self.held_bytes += msg.bytes().len();
@@ -364,19 +404,22 @@ impl Conn<'_> {
             &mut self.limiter,
         );
         // A burst of requests must not overflow the client's own queue
-        // with its replies: write them as they pile up.
-        if self.rx.len() >= 32 {
+        // with its replies: write them as they pile up (unless the client
+        // is closing: the loop's close request takes it from here).
+        if self.rx.len() >= 32 && !self.client.is_closed() {
             self.write_queued(None).await?;
         }
         Ok(())
     }
 
     /// Graceful shutdown: read nothing more, give the handlers still
-    /// running until the drain timeout to finish (writing what they
-    /// send), then close with 1001 after the queue.
+    /// running (and the connect hook) until the drain timeout to finish
+    /// (writing what they send), then close with 1001 after the queue.
     async fn shut_down(&mut self) -> Option<u16> {
         let until = tokio::time::Instant::now() + self.shared.settings.drain_timeout;
-        while !self.inflight.is_idle() {
+        while !self.inflight.is_idle() || self.connecting.is_some() {
+            let busy = !self.inflight.is_idle();
+            let connecting = self.connecting.is_some();
             tokio::select! {
                 biased;
                 _ = self.client.0.close_notify.notified() => {
@@ -389,7 +432,10 @@ impl Conn<'_> {
                         return None;
                     }
                 }
-                _ = self.inflight.progress() => {}
+                _ = self.inflight.progress(), if busy => {}
+                _ = hook_done(self.connecting), if connecting => {
+                    *self.connecting = None;
+                }
                 _ = tokio::time::sleep_until(until) => break,
             }
         }
