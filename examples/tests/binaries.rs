@@ -210,9 +210,9 @@ fn bad_security_variables_stop_startup() {
     }
 }
 
-// --- What one client can cost: huge batches (memory measured from /proc),
-// the seed's answers for a missing text, logs without colour codes, the
-// admin listener from `WS_ADMIN_ADDR`.
+// --- What one client can cost: huge batches and a client that never reads
+// (memory measured from /proc), the seed's answers for a missing text, logs
+// without colour codes, the admin listener from `WS_ADMIN_ADDR`.
 
 /// The peak resident memory the example server may reach while 8 clients
 /// each send a 1 MB batch of 520,000 elements at once (BENCHMARKS.md
@@ -233,12 +233,17 @@ async fn spawn(cmd: &mut Command, port: u16) -> ServerProcess {
 
 /// `VmHWM` (peak resident set) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A `… kB` line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 #[tokio::test]
@@ -386,4 +391,133 @@ async fn logs_go_to_stderr_without_colours_and_admin_addr_moves_health() {
         "no ANSI escapes off a terminal: {err:?}"
     );
     assert!(out.is_empty(), "nothing on stdout: {out:?}");
+}
+
+/// How much the example server's peak resident memory may grow while a
+/// client that never reads is sent 3,000 broadcasts of 1 KB (BENCHMARKS.md
+/// records what was measured): its queue is bounded (256 messages, 8 MiB),
+/// so it is closed with 1008 long before.
+const SLOW_READER_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+/// Receives `total` broadcasts on `ws` (after those `request` kept), and
+/// checks that each sender's arrive complete and in order.
+async fn all_broadcasts(ws: &mut nbio_ws_testkit::WsClient, senders: usize, total: usize) {
+    let mut next = vec![0usize; senders];
+    for _ in 0..total {
+        let (method, params) = ws.notification().await;
+        assert_eq!(method, "broadcast");
+        let text = params["text"].as_str().expect("a text");
+        let mut parts = text.splitn(3, ':');
+        let sender: usize = parts.next().unwrap().parse().unwrap();
+        let n: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(n, next[sender], "sender {sender}: {n} out of order");
+        next[sender] += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_and_the_others_get_every_broadcast() {
+    const SENDERS: usize = 2;
+    // 3,000 broadcasts overflow the slow client's queue where the kernel
+    // holds at most 4 MiB for a socket it writes to (Linux's default
+    // `tcp_wmem` maximum: here about 2,650 of them fit in the socket); more
+    // where it may hold more.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|v| v.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20);
+    let each = 1_500 * wmem_max.div_ceil(4 << 20).max(1);
+    let port = free_port();
+    let server = spawn(&mut server(port), port).await;
+    let pid = server.proc.pid();
+
+    // It reads nothing, ever (with a small window, like a slow link): the
+    // socket's buffers fill, then its queue.
+    let mut slow = nbio_ws_testkit::RawClient::connect_small_window(server.addr(), "/ws").await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push(server.client().await);
+    }
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(server.client().await);
+    }
+    server.wait_metric("nbio_ws_connected_clients", 5).await;
+    let before = proc_status_kib(pid, "VmRSS:");
+
+    let total = SENDERS * each;
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                all_broadcasts(&mut ws, SENDERS, total).await;
+                ws
+            })
+        })
+        .collect();
+    let senders: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut ws)| {
+            tokio::spawn(async move {
+                for n in 0..each {
+                    // 1,000 bytes of text.
+                    let head = format!("{s}:{n}:");
+                    let text = format!("{head}{}", "x".repeat(1000 - head.len()));
+                    let r = ws.request("broadcast", json!({ "text": text })).await;
+                    assert_eq!(r["result"]["status"], "broadcasted", "{r}");
+                }
+                // Its own broadcasts and the others' reach it too.
+                all_broadcasts(&mut ws, SENDERS, total).await;
+                ws
+            })
+        })
+        .collect();
+    let mut everyone = Vec::new();
+    for t in senders.into_iter().chain(readers) {
+        everyone.push(t.await.expect("every reader got every broadcast"));
+    }
+
+    // The slow client was closed as a slow consumer (1008); the others are
+    // still connected.
+    server
+        .wait_metric("nbio_ws_slow_consumer_disconnects_total", 1)
+        .await;
+    server.wait_metric("nbio_ws_connected_clients", 4).await;
+    let (_, _, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"nbio_ws_close_codes_total{code="1008"} 1"#),
+        "{metrics}"
+    );
+    // What reached its socket before that, then (if the socket had room
+    // for it) the close frame, then the end.
+    let mut frames = 0;
+    while let Some(f) = slow.read_frame().await {
+        if f.opcode == 8 {
+            assert_eq!(f.close_code(), Some(1008));
+            break;
+        }
+        frames += 1;
+    }
+    assert!(
+        frames < total,
+        "{frames} broadcasts reached the slow client"
+    );
+    for ws in &mut everyone {
+        let r = ws
+            .request("self.reply", json!({"text": "still here"}))
+            .await;
+        assert_eq!(r["result"]["echo"], "still here");
+    }
+
+    let peak = peak_rss_kib(pid);
+    println!(
+        "server RSS {before} KiB with 5 clients; peak {peak} KiB after {total} broadcasts of 1 KB \
+         ({frames} reached the slow client before its 1008)"
+    );
+    assert!(
+        peak.saturating_sub(before) < SLOW_READER_GROWTH_BOUND_KIB,
+        "peak RSS grew by {} KiB, over the documented {SLOW_READER_GROWTH_BOUND_KIB} KiB",
+        peak.saturating_sub(before)
+    );
 }

@@ -19,7 +19,12 @@ impl RpcFixture {
     pub fn new(builder: ServerBuilder) -> Self {
         let server = builder.build().expect("bench server builds");
         let hub = server.hub().clone();
-        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(1024));
+        let (client, rx) = Client::new(
+            &hub,
+            ([127, 0, 0, 1], 1).into(),
+            None,
+            SendBuffer::messages(1024),
+        );
         RpcFixture {
             server,
             client,
@@ -57,7 +62,12 @@ impl HubFixture {
         let mut rxs = Vec::with_capacity(n);
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
-            let (c, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(queue));
+            let (c, rx) = Client::new(
+                &hub,
+                ([127, 0, 0, 1], 1).into(),
+                None,
+                SendBuffer::messages(queue),
+            );
             hub.register(c.clone());
             clients.push(c);
             rxs.push(rx);

@@ -92,7 +92,12 @@ impl Dispatcher {
             .build()
             .expect("the fuzz server builds");
         let hub = server.hub().clone();
-        let (client, rx) = Client::new(&hub, ([127, 0, 0, 1], 1).into(), None, SendBuffer::messages(1024));
+        let (client, rx) = Client::new(
+            &hub,
+            ([127, 0, 0, 1], 1).into(),
+            None,
+            SendBuffer::messages(1024),
+        );
         Dispatcher {
             server,
             client,

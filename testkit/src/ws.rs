@@ -326,7 +326,33 @@ impl RawClient {
     /// Connects with extra request header lines (each ending in `\r\n`);
     /// returns the client and the response head.
     pub async fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> (RawClient, String) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawClient::handshake(stream, addr, path, headers).await
+    }
+
+    /// Connects with the smallest receive buffer the kernel allows, for a
+    /// client that never reads: what the server sends it then backs up in
+    /// the server (as behind a slow link) rather than in the megabytes of
+    /// socket buffer loopback grants a peer.
+    pub async fn connect_small_window(addr: SocketAddr, path: &str) -> RawClient {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("a socket");
+        // Set before connecting, so that the window is small from the start.
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawClient::handshake(stream, addr, path, "").await.0
+    }
+
+    async fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> (RawClient, String) {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"

@@ -392,7 +392,8 @@ impl Client {
     pub fn remove_extension<T: Send + Sync + 'static>(&self) -> Option<T> {
         let slot = self.extension_slot::<T>(false)?;
         let mut v = slot.lock::<T>();
-        v.take().and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+        v.take()
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
     /// Runs `f` with mutable access to the stored value of type `T`,
@@ -574,7 +575,12 @@ mod tests {
 
     fn client(queue: usize) -> (Client, OutRx) {
         let hub = crate::hub::Hub::new();
-        Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, SendBuffer::messages(queue))
+        Client::new(
+            &hub,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            SendBuffer::messages(queue),
+        )
     }
 
     #[test]
@@ -680,7 +686,10 @@ mod tests {
             .map_err(|p| p.downcast_ref::<String>().cloned().unwrap_or_default())
         });
         let msg = outcome.unwrap_err();
-        assert!(msg.contains("u32") && msg.contains("with_extension"), "{msg}");
+        assert!(
+            msg.contains("u32") && msg.contains("with_extension"),
+            "{msg}"
+        );
         // The value and its lock survive the panic.
         let d = c.clone();
         assert_eq!(

@@ -464,7 +464,12 @@ mod tests {
         let hub = Hub::new();
         let mut rxs = Vec::new();
         for _ in 0..3 {
-            let (c, rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, SendBuffer::messages(4));
+            let (c, rx) = Client::new(
+                &hub,
+                "127.0.0.1:1".parse().unwrap(),
+                None,
+                SendBuffer::messages(4),
+            );
             hub.register(c);
             rxs.push(rx);
         }

@@ -839,7 +839,12 @@ mod tests {
     use super::*;
 
     fn client(hub: &Hub) -> Client {
-        let (c, rx) = Client::new(hub, "127.0.0.1:1".parse().unwrap(), None, crate::hub::SendBuffer::messages(16));
+        let (c, rx) = Client::new(
+            hub,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            crate::hub::SendBuffer::messages(16),
+        );
         std::mem::forget(rx);
         hub.register(c.clone());
         c

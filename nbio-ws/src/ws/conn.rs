@@ -43,7 +43,7 @@
 //! | invalid UTF-8 in a text message or a close reason | close 1007 |
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
-//! | outbound queue full, in messages or in bytes (slow consumer) | close 1008, without waiting |
+//! | outbound queue full, in messages or in bytes (slow consumer) | close 1008, without waiting: the close frame when the socket has room for it, else (a write to the full socket is cut short) the connection is dropped |
 //! | its credentials expire (a JWT's `exp`, or [`Authenticated::with_expiry`](crate::auth::Authenticated::with_expiry)) | close 4001, after queued messages |
 //! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
@@ -207,7 +207,16 @@ pub(crate) async fn run(
         connecting: &mut connecting,
     }
     .drive()
-    .await;
+    .await
+    // A slow consumer whose write was cut short: the socket had no room
+    // for a close frame (and a frame was half written), so the connection
+    // was dropped; it ended with 1008 all the same.
+    .or_else(|| {
+        client
+            .take_close_request()
+            .filter(|r| !r.drain)
+            .map(|r| r.code)
+    });
 
     client.close_queue();
     hub.unregister(client.id());
