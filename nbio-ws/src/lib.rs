@@ -176,7 +176,7 @@
 //! | invalid UTF-8 in a text message or a close reason | close 1007 |
 //! | a fragment sequence broken by a new data frame, or a stray continuation | close 1002 |
 //! | nothing heard from the peer (not even a pong) for the pong timeout | close 1001 |
-//! | outbound queue full (slow consumer) | close 1008, without waiting |
+//! | outbound queue full, in messages (`WS_SEND_BUFFER`) or bytes (`WS_SEND_BUFFER_BYTES`): a slow consumer | close 1008, without waiting |
 //! | server shutting down | close 1001, after running handlers (within the shutdown timeout) and queued messages |
 
 #![warn(missing_docs)]
