@@ -17,16 +17,26 @@ import threading
 import time
 
 
-def vm_hwm_kib(pid):
+def status_kib(pid, field):
+    """A `... kB` line of /proc/PID/status (`VmHWM`, `VmRSS`)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise SystemExit("no VmHWM")
+    raise SystemExit(f"no {field}")
 
 
-def connect(port, timeout):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def vm_hwm_kib(pid):
+    return status_kib(pid, "VmHWM")
+
+
+def connect(port, timeout, rcvbuf=None):
+    """A WebSocket connection to /ws; `rcvbuf` sets SO_RCVBUF first."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         (
@@ -93,14 +103,19 @@ def read_message(s, buf):
             return payload, buf
 
 
-def main():
+def arguments(**more):
+    """--port and --pid of the server, --timeout, and `more` (name: default)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pid", type=int, required=True)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--elements", type=int, default=520_000)
     ap.add_argument("--timeout", type=float, default=60)
-    a = ap.parse_args()
+    for name, default in more.items():
+        ap.add_argument(f"--{name}", type=type(default), default=default)
+    return ap.parse_args()
+
+
+def main():
+    a = arguments(clients=8, elements=520_000)
 
     batch = ("[" + "1," * (a.elements - 1) + "1]").encode()
     frame = text_frame(batch)

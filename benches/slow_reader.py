@@ -12,19 +12,10 @@ server's queue rather than in loopback's socket buffers. Standard library
 only; loopback only; every read is bounded by --timeout seconds.
 """
 
-import argparse
 import json
 import socket
 
-from batch_flood import connect, read_message, text_frame, vm_hwm_kib
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise SystemExit("no VmRSS")
+from batch_flood import arguments, connect, read_message, status_kib, text_frame, vm_hwm_kib
 
 
 def metric(port, name, timeout):
@@ -40,28 +31,12 @@ def metric(port, name, timeout):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--pid", type=int, required=True)
-    ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--size", type=int, default=1_000_000)
-    ap.add_argument("--timeout", type=float, default=60)
-    a = ap.parse_args()
+    a = arguments(count=300, size=1_000_000)
 
-    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.settimeout(a.timeout)
-    slow.connect(("127.0.0.1", a.port))
-    slow.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
+    slow, _ = connect(a.port, a.timeout, rcvbuf=4096)
     # Not another byte is read from it.
     sender, rest = connect(a.port, a.timeout)
-    before = vm_rss_kib(a.pid)
+    before = status_kib(a.pid, "VmRSS")
     text = "x" * a.size
     for i in range(a.count):
         req = {"jsonrpc": "2.0", "method": "broadcast", "params": {"text": text}, "id": i}
@@ -73,9 +48,10 @@ def main():
                 break
     peak = vm_hwm_kib(a.pid)
     slow_consumers = metric(a.port, "nbio_ws_slow_consumer_disconnects_total", a.timeout)
+    now = status_kib(a.pid, "VmRSS")
     print(
         f"{a.count} broadcasts of {a.size} B: server RSS {before} KiB before, "
-        f"peak (VmHWM) {peak} KiB, now {vm_rss_kib(a.pid)} KiB; "
+        f"peak (VmHWM) {peak} KiB, now {now} KiB; "
         f"slow-consumer disconnects: {slow_consumers}"
     )
     slow.close()

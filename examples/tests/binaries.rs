@@ -58,6 +58,7 @@ fn bad_variables_stop_startup_with_a_message_naming_them() {
         ("WS_PORT", "eighty"),
         ("WS_PING_INTERVAL", "often"),
         ("WS_LOG_FORMAT", "xml"),
+        ("WS_SEND_BUFFER_BYTES", "lots"),
     ] {
         let (code, err) = run_to_exit(env!("CARGO_BIN_EXE_server"), &[(var, value)]);
         assert_eq!(code, Some(2), "{var}={value}");

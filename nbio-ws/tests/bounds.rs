@@ -630,12 +630,19 @@ fn gated_connect(gate: &Arc<Semaphore>, log: &Log) -> ServerBuilder {
         })
 }
 
-#[tokio::test]
-async fn what_is_sent_while_on_connect_waits_is_written_and_requests_wait_for_it() {
+/// That server, and a client its connect hook has greeted and is waiting
+/// for a permit of the gate.
+async fn greeted() -> (TestServer, WsClient, Arc<Semaphore>, Log) {
     let (gate, log) = (Arc::new(Semaphore::new(0)), Log::default());
     let s = TestServer::start(gated_connect(&gate, &log)).await;
     let mut c = WsClient::connect(&s.url("/ws")).await;
     assert_eq!(c.recv_json().await["method"], "welcome");
+    (s, c, gate, log)
+}
+
+#[tokio::test]
+async fn what_is_sent_while_on_connect_waits_is_written_and_requests_wait_for_it() {
+    let (s, mut c, gate, log) = greeted().await;
     // A request sent now runs only once the hook has returned.
     c.send_json(&call("ready", json!([]), 1)).await;
     // Four queues' worth of broadcasts while the hook waits: each is
@@ -655,10 +662,7 @@ async fn what_is_sent_while_on_connect_waits_is_written_and_requests_wait_for_it
 
 #[tokio::test]
 async fn a_close_while_on_connect_waits_is_honoured_and_on_disconnect_comes_after_it() {
-    let (gate, log) = (Arc::new(Semaphore::new(0)), Log::default());
-    let s = TestServer::start(gated_connect(&gate, &log)).await;
-    let mut c = WsClient::connect(&s.url("/ws")).await;
-    assert_eq!(c.recv_json().await["method"], "welcome");
+    let (s, mut c, gate, log) = greeted().await;
     s.hub.close_all(4403, "not you");
     assert_eq!(c.expect_close().await, 4403);
     eventually("the client left the hub", || s.hub.is_empty()).await;

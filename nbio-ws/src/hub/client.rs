@@ -597,14 +597,19 @@ mod tests {
         assert_eq!(c.0.metrics.slow_consumer_disconnects(), 1);
     }
 
-    #[test]
-    fn the_byte_cap_disconnects_like_a_full_queue() {
+    /// A client whose queue holds 100 messages, 10 bytes.
+    fn ten_bytes() -> (Client, OutRx) {
         let hub = crate::hub::Hub::new();
         let cap = SendBuffer {
             messages: 100,
             bytes: 10,
         };
-        let (c, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, cap);
+        Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, cap)
+    }
+
+    #[test]
+    fn the_byte_cap_disconnects_like_a_full_queue() {
+        let (c, mut rx) = ten_bytes();
         c.send_text("12345").unwrap();
         c.send_text("12345").unwrap();
         // Taking one out makes room for as many bytes.
@@ -618,12 +623,7 @@ mod tests {
 
     #[test]
     fn a_message_larger_than_the_byte_cap_fits_an_empty_queue() {
-        let hub = crate::hub::Hub::new();
-        let cap = SendBuffer {
-            messages: 100,
-            bytes: 10,
-        };
-        let (c, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, cap);
+        let (c, mut rx) = ten_bytes();
         c.send_text("x".repeat(50)).unwrap();
         assert!(rx.try_recv().is_some());
         c.send_text("x".repeat(50)).unwrap();
