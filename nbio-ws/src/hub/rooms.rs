@@ -945,7 +945,12 @@ mod tests {
             std::time::Duration::from_secs(15),
             crate::broker::DEFAULT_QUEUE_BYTES,
         );
-        let (a, mut rx) = Client::new(&hub, "127.0.0.1:1".parse().unwrap(), None, 16);
+        let (a, mut rx) = Client::new(
+            &hub,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            crate::hub::SendBuffer::messages(16),
+        );
         hub.register(a.clone());
         assert_eq!(a.join("r"), Ok(true));
         // Another instance's message to the room, published until it
