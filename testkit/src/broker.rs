@@ -63,6 +63,11 @@ impl BrokerProcess {
         self.proc = Some(Proc::new(child));
     }
 
+    /// The running process's id.
+    fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Fails the test if the process has exited.
     fn check_running(&mut self) {
         if let Some(p) = self.proc.as_mut() {
@@ -110,6 +115,11 @@ impl Redis {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.0.ports[0]
+    }
+
+    /// The `redis-server` process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
     }
 
     /// `redis://127.0.0.1:port/0`.
@@ -307,6 +317,11 @@ impl Nats {
             .as_ref()
             .expect("nats-server is running")
             .hangup();
+    }
+
+    /// The `nats-server` process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
     }
 
     /// Its client port.
