@@ -15,6 +15,16 @@ async fn seed_server_wire_format_and_sigterm() {
     let mut server = ServerProcess::start(env!("CARGO_BIN_EXE_server"), &[]).await;
     let mut a = server.client().await;
     let mut b = server.client().await;
+    // A connection joins the hub once its upgraded socket is handed over,
+    // just after the client has seen the 101: wait until both are in, so
+    // that the broadcast below is sent to both.
+    for _ in 0..200 {
+        let (_, _, body) = server.get("/health").await;
+        if body.contains("\"connected_clients\":2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     a.send_text(
         r#"{"jsonrpc":"2.0","method":"self.reply","params":{"text":"Reply only to me!"},"id":2}"#,
